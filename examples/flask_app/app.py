@@ -1,0 +1,51 @@
+"""A small gallery on top of the receiver: Flask, with the ``GptimgWebhooks`` extension.
+
+Run from the repository root::
+
+    GPTIMG_WEBHOOK_SECRET=whsec_dev gunicorn examples.flask_app.app:app --workers 4
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from flask import Flask, Response, jsonify
+
+from gptimg_webhooks import Delivery, GenerationFailed, GenerationSucceeded
+from gptimg_webhooks.flask import GptimgWebhooks
+from gptimg_webhooks.testing import Gallery, render_gallery
+
+DATA_DIR = os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or Path(__file__).parent / "data"
+gallery = Gallery(DATA_DIR)  # SQLite: every worker process sees the same rows
+webhooks = GptimgWebhooks()
+
+
+@webhooks.on("generation.succeeded", "generation.failed")
+def record(event: GenerationSucceeded | GenerationFailed, delivery: Delivery) -> None:
+    # Demo behaviours, so tests and the demo can exercise in-progress duplicates and retries.
+    if event.data.generation_id.startswith("gen_slow_"):
+        time.sleep(1.5)
+    if event.data.generation_id.startswith("gen_flaky_") and delivery.attempt == 1:
+        raise RuntimeError("flaky handler: fails on the first attempt")
+    gallery.add(event)
+
+
+def create_app() -> Flask:
+    """Build the app; GPTIMG_WEBHOOK_SECRET and GPTIMG_WEBHOOK_STORE come from the environment."""
+    app = Flask(__name__)
+    webhooks.init_app(app)
+
+    @app.get("/")
+    def index() -> Response:
+        return Response(render_gallery(gallery.rows()), mimetype="text/html")
+
+    @app.get("/generations")
+    def generations() -> Response:
+        return jsonify(gallery.rows())
+
+    return app
+
+
+app = create_app()

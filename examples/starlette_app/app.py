@@ -1,0 +1,25 @@
+"""A small gallery on top of the receiver: Starlette, pure ASGI middleware.
+
+Run from the repository root::
+
+    GPTIMG_WEBHOOK_SECRET=whsec_dev uvicorn examples.starlette_app.app:app --workers 4
+
+The app itself (one handler recording each generation, ``/`` and ``/generations``, the
+``gen_slow_``/``gen_flaky_`` demo behaviours) is built by
+:func:`gptimg_webhooks.testing.demo_app.create_app`, so that ``gptimg-webhooks demo``
+runs the very same gallery from an installed package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gptimg_webhooks import Webhooks
+from gptimg_webhooks.testing import Gallery
+from gptimg_webhooks.testing.demo_app import create_app
+
+DATA_DIR = os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or Path(__file__).parent / "data"
+gallery = Gallery(DATA_DIR)
+hooks = Webhooks()  # GPTIMG_WEBHOOK_SECRET and GPTIMG_WEBHOOK_STORE from the environment
+app = create_app(hooks, gallery)

@@ -1,0 +1,82 @@
+"""Parse a body as strict JSON, once.
+
+Rejects what ``json.loads`` lets through: invalid UTF-8, duplicate keys (a signed body
+whose meaning depends on which duplicate a parser keeps), NaN and Infinity, integers
+longer than a 64-bit value needs, and nesting deeper than :data:`MAX_DEPTH`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .errors import InvalidPayload
+
+__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "loads"]
+
+MAX_DEPTH = 16
+MAX_INT_DIGITS = 20
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise InvalidPayload(f"duplicate key {dup!r}")
+    return obj
+
+
+def _constant(name: str) -> Any:
+    raise InvalidPayload(f"{name} is not JSON")
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidPayload("integer too large")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidPayload("number out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(
+    object_pairs_hook=_pairs, parse_constant=_constant, parse_int=_int, parse_float=_float
+)
+
+
+def _check_depth(value: Any) -> None:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidPayload(f"nesting deeper than {MAX_DEPTH}")
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+
+
+def loads(body: bytes) -> Any:
+    """Decode ``body`` or raise :class:`InvalidPayload`."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidPayload("body is not valid UTF-8") from None
+    try:
+        value = _decoder.decode(text)
+    except InvalidPayload:
+        raise
+    except RecursionError:
+        raise InvalidPayload(f"nesting deeper than {MAX_DEPTH}") from None
+    except ValueError as exc:  # JSONDecodeError and int() limits
+        raise InvalidPayload(f"body is not JSON: {exc}") from None
+    # Nesting deeper than MAX_DEPTH needs more brackets than that: count them in C first.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and isinstance(value, dict | list):
+        _check_depth(value)
+    return value

@@ -1,0 +1,105 @@
+"""The webhook view: Django request -> ``Webhooks.handle`` / ``handle_async`` -> response.
+
+:data:`webhook_view` is sync under WSGI and async under ASGI. Django picks how to call a
+view with ``iscoroutinefunction(view)`` on every request, in the thread that serves it;
+the view answers True only where an event loop runs, that is under ASGI, so no thread
+is held while a delivery waits on the ledger or on async handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from asgiref.sync import markcoroutinefunction
+from django.core.exceptions import RequestDataTooBig
+from django.db import connections
+from django.http import HttpRequest, HttpResponse
+
+from .._core.errors import PayloadTooLarge, StoreUnavailable, WebhookError
+from .._core.protocol import Response, error_response
+from .._core.receiver import Webhooks
+from .conf import receiver
+
+__all__ = ["WebhookView", "webhook_view"]
+
+logger = logging.getLogger("gptimg_webhooks")
+
+
+def _probe() -> None: ...
+
+
+#: Whatever attribute(s) asgiref's marker sets on this Python (it differs by version).
+_ASYNC_MARKS: dict[str, Any] = dict(vars(markcoroutinefunction(_probe)))
+
+
+def _response(answer: Response) -> HttpResponse:
+    return HttpResponse(answer.body, status=answer.status, headers=dict(answer.headers))
+
+
+def _prepare(request: HttpRequest) -> tuple[Webhooks, bytes] | HttpResponse:
+    """Get the receiver and the raw body, or the answer when either is unavailable."""
+    try:
+        hooks = receiver()
+    except WebhookError as exc:
+        logger.error("GPTIMG_WEBHOOKS is misconfigured (run manage.py check): %s", exc)
+        return _response(error_response(StoreUnavailable("receiver misconfigured")))
+    if request.method != "POST":
+        return hooks, b""
+    too_big = _response(error_response(PayloadTooLarge("body larger than the size cap")))
+    length = request.META.get("CONTENT_LENGTH") or ""
+    if length.isdigit() and int(length) > hooks.max_body_size:
+        return too_big  # refused without reading it
+    try:
+        # The raw bytes, never request.POST: a form parse would consume the stream.
+        return hooks, request.body
+    except RequestDataTooBig:  # past DATA_UPLOAD_MAX_MEMORY_SIZE
+        return too_big
+
+
+class WebhookView:
+    """Receive deliveries; CSRF-exempt, login not required, outside ATOMIC_REQUESTS."""
+
+    csrf_exempt = True  # CsrfViewMiddleware: the signature authenticates the request
+    login_required = False  # Django 5.1+ LoginRequiredMiddleware
+
+    @property
+    def _non_atomic_requests(self) -> set[str]:
+        # The ledger claim must commit at once, whatever ATOMIC_REQUESTS says.
+        return set(connections.settings)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _ASYNC_MARKS and _in_event_loop():
+            return _ASYNC_MARKS[name]
+        raise AttributeError(name)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if _in_event_loop():
+            return self.respond_async(request)
+        return self.respond(request)
+
+    def respond(self, request: HttpRequest) -> HttpResponse:
+        ready = _prepare(request)
+        if isinstance(ready, HttpResponse):
+            return ready
+        hooks, body = ready
+        return _response(hooks.handle(request.method or "", request.headers, body))
+
+    async def respond_async(self, request: HttpRequest) -> HttpResponse:
+        ready = _prepare(request)  # Django's ASGI handler has spooled the body already
+        if isinstance(ready, HttpResponse):
+            return ready
+        hooks, body = ready
+        return _response(await hooks.handle_async(request.method or "", request.headers, body))
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+webhook_view = WebhookView()

@@ -1,0 +1,42 @@
+"""Test kit: sample events, signed deliveries, a client, the provider's retry policy.
+
+::
+
+    from gptimg_webhooks.testing import WebhookClient, events
+
+    with WebhookClient(app, secret) as client:           # ASGI, WSGI, Flask, or a URL
+        result = client.deliver(events.succeeded())
+        assert result.processed
+        assert client.replay(result).duplicate           # same body, forged fresh id
+
+The pytest plugin (:mod:`.pytest_plugin`) wraps the same pieces as fixtures.
+"""
+
+from __future__ import annotations
+
+from .client import DeliveryResult, WebhookClient
+from .deliveries import SignedDelivery, random_secret, signed
+from .factories import EventFactory, Sample, events, wire_json
+from .gallery import Gallery, render_gallery
+from .simulator import Attempt, Clock, FakeClock, Policy, Report, SimEvent, Simulator
+
+__all__ = [
+    "Attempt",
+    "Clock",
+    "DeliveryResult",
+    "EventFactory",
+    "FakeClock",
+    "Gallery",
+    "Policy",
+    "Report",
+    "Sample",
+    "SignedDelivery",
+    "SimEvent",
+    "Simulator",
+    "WebhookClient",
+    "events",
+    "random_secret",
+    "render_gallery",
+    "signed",
+    "wire_json",
+]

@@ -1,0 +1,447 @@
+"""The receiver end to end in-process, through both drivers (they share one flow)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gptimg_webhooks import (
+    ConfigurationError,
+    Delivery,
+    Event,
+    GenerationSucceeded,
+    Response,
+    Webhooks,
+    on,
+    shared_registry,
+)
+from gptimg_webhooks.stores import State
+from gptimg_webhooks.stores.memory import MemoryStore
+from gptimg_webhooks.stores.sqlite import SQLiteStore
+from tests.support.contract import payload
+
+from .conftest import SECRET, Clock, request
+
+Drive = Callable[[Webhooks, str, Any, bytes], Response]
+
+
+def _sync(hooks: Webhooks, method: str, headers: Any, body: bytes) -> Response:
+    return hooks.handle(method, headers, body)
+
+
+def _async(hooks: Webhooks, method: str, headers: Any, body: bytes) -> Response:
+    return asyncio.run(hooks.handle_async(method, headers, body))
+
+
+@pytest.fixture(params=[_sync, _async], ids=["sync", "async"])
+def drive(request: pytest.FixtureRequest) -> Drive:
+    fn: Drive = request.param
+    return fn
+
+
+def post(drive: Drive, hooks: Webhooks, body: bytes, headers: Any) -> Response:
+    return drive(hooks, "POST", headers, body)
+
+
+def test_new_delivery_runs_handler_once_and_answers_200(
+    drive: Drive, hooks: Webhooks, body: bytes
+) -> None:
+    seen: list[str] = []
+    hooks.on("generation.succeeded")(lambda e: seen.append(e.data.generation_id))
+    response = post(drive, hooks, body, request(body))
+    assert (response.status, response.json["status"]) == (200, "processed")
+    assert len(seen) == 1
+
+
+def test_retry_with_same_delivery_id_is_duplicate(
+    drive: Drive, hooks: Webhooks, body: bytes
+) -> None:
+    seen: list[object] = []
+    hooks.on("generation.succeeded")(seen.append)
+    headers = request(body)
+    post(drive, hooks, body, headers)
+    response = post(drive, hooks, body, headers)
+    assert (response.status, response.json["status"]) == (200, "duplicate")
+    assert len(seen) == 1
+
+
+def test_replay_with_fresh_delivery_id_is_duplicate(
+    drive: Drive, hooks: Webhooks, body: bytes
+) -> None:
+    seen: list[object] = []
+    hooks.on("generation.succeeded")(seen.append)
+    post(drive, hooks, body, request(body))
+    response = post(drive, hooks, body, request(body, delivery=str(uuid.uuid4())))
+    assert (response.status, response.json["status"]) == (200, "duplicate")
+    assert len(seen) == 1
+
+
+def test_event_without_handler_is_recorded_and_answers_200(
+    drive: Drive, hooks: Webhooks, store: MemoryStore, body: bytes
+) -> None:
+    response = post(drive, hooks, body, request(body))
+    assert (response.status, response.json["status"]) == (200, "ignored")
+    assert [r.state for r in store.records()] == [State.DONE]
+
+
+def test_unknown_event_is_ignored_unless_a_catch_all_handles_it(
+    drive: Drive, hooks: Webhooks
+) -> None:
+    body = json.dumps({"event": "generation.cancelled", "data": {"generationId": "g"}}).encode()
+    headers = request(body, event="generation.cancelled")
+    assert post(drive, hooks, body, headers).json["status"] == "ignored"
+    caught: list[Event] = []
+    hooks.on("*")(caught.append)
+    body2 = body.replace(b'"g"', b'"h"')
+    response = post(drive, hooks, body2, request(body2, event="generation.cancelled"))
+    assert (response.status, response.json["status"]) == (200, "processed")
+    assert [e.event for e in caught] == ["generation.cancelled"]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ({"X-Gptimg-Signature": None}, 401, "invalid_signature"),
+        ({"X-Gptimg-Signature": ""}, 401, "invalid_signature"),
+        ({"X-Gptimg-Signature": "0" * 64}, 401, "invalid_signature"),
+        ({"X-Gptimg-Delivery": None}, 400, "invalid_headers"),
+        ({"X-Gptimg-Delivery": "1234"}, 400, "invalid_headers"),
+        ({"X-Gptimg-Event": None}, 400, "invalid_headers"),
+        ({"X-Gptimg-Event": "Generation Succeeded"}, 400, "invalid_headers"),
+        ({"X-Gptimg-Event": "generation.failed"}, 400, "event_mismatch"),
+        ({"Content-Encoding": "gzip"}, 415, "unsupported_encoding"),
+    ],
+)
+def test_bad_requests_get_their_status_and_a_json_reason(
+    drive: Drive,
+    hooks: Webhooks,
+    body: bytes,
+    change: dict[str, str | None],
+    status: int,
+    code: str,
+) -> None:
+    ran: list[object] = []
+    hooks.on("generation.succeeded")(ran.append)
+    headers = {k: v for k, v in {**request(body), **change}.items() if v is not None}
+    response = post(drive, hooks, body, headers)
+    assert (response.status, response.json["error"]) == (status, code)
+    assert response.headers[0] == ("content-type", "application/json")
+    assert not ran
+
+
+def test_repeated_signature_header_is_401_and_repeated_delivery_is_400(
+    drive: Drive, hooks: Webhooks, body: bytes
+) -> None:
+    good = request(body)
+    sig = good["X-Gptimg-Signature"]
+    pairs = [(k.lower().encode(), v.encode()) for k, v in good.items()]
+    twice_sig = [*pairs, (b"x-gptimg-signature", sig.encode())]
+    assert post(drive, hooks, body, twice_sig).status == 401
+    twice_id = [*pairs, (b"x-gptimg-delivery", str(uuid.uuid4()).encode())]
+    assert post(drive, hooks, body, twice_id).json["error"] == "invalid_headers"
+
+
+def test_header_names_are_case_insensitive(drive: Drive, hooks: Webhooks, body: bytes) -> None:
+    headers = [(k.upper(), v) for k, v in request(body).items()]
+    assert post(drive, hooks, body, headers).status == 200
+
+
+def test_other_methods_get_405_with_allow(drive: Drive, hooks: Webhooks) -> None:
+    response = drive(hooks, "GET", {}, b"")
+    assert response.status == 405
+    assert ("allow", "POST") in response.headers
+
+
+def test_body_over_the_cap_is_413(drive: Drive, store: MemoryStore) -> None:
+    hooks = Webhooks(SECRET, store=store, max_body_size=100, include_shared=False)
+    body = payload("gen_big")
+    assert post(drive, hooks, body, request(body)).status == 413
+
+
+def test_gzip_is_refused_not_decompressed(drive: Drive, hooks: Webhooks, body: bytes) -> None:
+    packed = gzip.compress(body)
+    headers = request(packed, **{"Content-Encoding": "gzip"})
+    assert post(drive, hooks, packed, headers).status == 415
+    identity = request(body, **{"Content-Encoding": "identity"})
+    assert post(drive, hooks, body, identity).status == 200
+
+
+def test_signed_invalid_json_is_400_and_kept_as_failed_record(
+    drive: Drive, hooks: Webhooks, store: MemoryStore
+) -> None:
+    raw = b'{"event":"generation.succeeded","event":"generation.failed","data":{}}'
+    response = post(drive, hooks, raw, request(raw))
+    assert (response.status, response.json["error"]) == (400, "invalid_payload")
+    (record,) = store.records()
+    assert record.state is State.FAILED
+    assert record.body == raw
+    assert record.error is not None and "duplicate key" in record.error
+
+
+def test_handler_error_fails_record_answers_500_and_retry_runs_again(
+    drive: Drive, hooks: Webhooks, store: MemoryStore, body: bytes
+) -> None:
+    attempts: list[int] = []
+
+    @hooks.on("generation.succeeded")
+    def flaky(event: GenerationSucceeded, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        if delivery.attempt == 1:
+            raise RuntimeError("boom")
+
+    headers = request(body)
+    first = post(drive, hooks, body, headers)
+    assert (first.status, first.json["error"]) == (500, "handler_failed")
+    (record,) = store.records()
+    assert (record.state, record.body) == (State.FAILED, body)
+    assert record.error == "RuntimeError: boom"
+    second = post(drive, hooks, body, headers)
+    assert second.status == 200
+    assert attempts == [1, 2]
+    assert store.records()[0].state is State.DONE
+
+
+def test_concurrent_duplicate_in_progress_gets_409_and_no_second_run(
+    store: MemoryStore, body: bytes
+) -> None:
+    hooks = Webhooks(SECRET, store=store, include_shared=False)
+    entered, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    @hooks.on("generation.succeeded")
+    def slow(event: GenerationSucceeded) -> None:
+        runs.append(1)
+        entered.set()
+        release.wait(5)
+
+    results: list[Response] = []
+    first = threading.Thread(
+        target=lambda: results.append(hooks.handle("POST", request(body), body))
+    )
+    first.start()
+    assert entered.wait(5)
+    concurrent = hooks.handle("POST", request(body, delivery=str(uuid.uuid4())), body)
+    assert (concurrent.status, concurrent.json["error"]) == (409, "delivery_in_progress")
+    release.set()
+    first.join(5)
+    assert results[0].status == 200
+    assert runs == [1]
+
+
+def test_expired_lease_lets_a_later_retry_run_the_handler(
+    drive: Drive, store: MemoryStore, clock: Clock, body: bytes
+) -> None:
+    hooks = Webhooks(SECRET, store=store, clock=clock, lease=60, include_shared=False)
+    # A process that died mid-handler leaves a processing record with a lease.
+    claim = store.claim(_entry(body), now=clock.now, lease=60)
+    assert claim.attempt == 1
+    assert post(drive, hooks, body, request(body)).status == 409
+    clock.now += 61
+    attempts: list[int] = []
+    hooks.on("generation.succeeded")(lambda e, d: attempts.append(d.attempt))
+    assert post(drive, hooks, body, request(body)).status == 200
+    assert attempts == [2]
+
+
+def _entry(body: bytes) -> Any:
+    import hashlib
+
+    from gptimg_webhooks.stores import Entry
+
+    return Entry(
+        hashlib.sha256(body).hexdigest(), str(uuid.uuid4()), "generation.succeeded", None, body
+    )
+
+
+def test_handler_gets_delivery_metadata(drive: Drive, store: MemoryStore, body: bytes) -> None:
+    hooks = Webhooks(["whsec_new", SECRET], store=store, include_shared=False)
+    got: list[Delivery] = []
+    hooks.on("generation.succeeded")(lambda e, d: got.append(d))
+    delivery_id = str(uuid.uuid4())
+    assert post(drive, hooks, body, request(body, delivery=delivery_id)).status == 200
+    (delivery,) = got
+    assert delivery.id == delivery_id
+    assert delivery.secret.index == 1
+    assert delivery.attempt == 1
+    assert delivery.event == "generation.succeeded"
+    assert delivery.received_at.tzinfo is not None
+
+
+def test_handlers_run_in_documented_order(drive: Drive, hooks: Webhooks, body: bytes) -> None:
+    order: list[str] = []
+    try:
+        on("*")(lambda e: order.append("shared-any"))
+        on("generation.succeeded")(lambda e: order.append("shared"))
+        shared_hooks = Webhooks(SECRET, store="memory://")
+        shared_hooks.on("*")(lambda e: order.append("own-any"))
+        shared_hooks.on("generation.succeeded")(lambda e: order.append("own-1"))
+        shared_hooks.on("generation.succeeded", "generation.failed")(
+            lambda e: order.append("own-2")
+        )
+        assert post(drive, shared_hooks, body, request(body)).status == 200
+    finally:
+        shared_registry.clear()
+    assert order == ["own-1", "own-2", "shared", "own-any", "shared-any"]
+
+
+def test_first_raising_handler_stops_the_chain(drive: Drive, hooks: Webhooks, body: bytes) -> None:
+    ran: list[str] = []
+
+    def bad(event: Event) -> None:
+        raise ValueError("no")
+
+    hooks.on("generation.succeeded")(bad)
+    hooks.on("generation.succeeded")(lambda e: ran.append("second"))
+    assert post(drive, hooks, body, request(body)).status == 500
+    assert ran == []
+
+
+def test_error_hook_gets_exception_event_and_delivery(
+    drive: Drive, hooks: Webhooks, body: bytes
+) -> None:
+    reports: list[tuple[str, str, int]] = []
+
+    @hooks.on("generation.succeeded")
+    def bad(event: Event) -> None:
+        raise KeyError("k")
+
+    @hooks.on_error
+    def report(exc: BaseException, event: Event, delivery: Delivery) -> None:
+        reports.append((type(exc).__name__, event.event, delivery.attempt))
+
+    assert post(drive, hooks, body, request(body)).status == 500
+    assert reports == [("KeyError", "generation.succeeded", 1)]
+
+
+def test_unknown_event_name_registration_fails_fast_unless_opted_in(hooks: Webhooks) -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown event name 'generation\.succeded'"):
+        hooks.on("generation.succeded")
+    hooks.on("generation.cancelled", allow_unknown=True)(print)
+    assert hooks.routes("generation.cancelled")[0].func is print
+
+
+def test_sync_handler_runs_off_the_event_loop_thread(hooks: Webhooks, body: bytes) -> None:
+    threads: list[int] = []
+    hooks.on("generation.succeeded")(lambda e: threads.append(threading.get_ident()))
+
+    async def main() -> int:
+        await hooks.handle_async("POST", request(body), body)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert threads and threads[0] != loop_thread
+
+
+def test_async_handler_runs_under_the_sync_driver(hooks: Webhooks, body: bytes) -> None:
+    seen: list[str] = []
+
+    @hooks.on("generation.succeeded")
+    async def handler(event: GenerationSucceeded) -> None:
+        await asyncio.sleep(0)
+        seen.append(event.data.generation_id)
+
+    assert hooks.handle("POST", request(body), body).status == 200
+    assert len(seen) == 1
+
+
+def test_auto_disable_guard_answers_2xx_before_the_provider_limit(
+    drive: Drive, store: MemoryStore
+) -> None:
+    hooks = Webhooks(SECRET, store=store, failure_threshold=3, include_shared=False)
+
+    @hooks.on("generation.succeeded")
+    def broken(event: GenerationSucceeded) -> None:
+        if event.data.generation_id.startswith("gen_bad"):
+            raise RuntimeError("down")
+
+    def send(gid: str) -> Response:
+        body = payload(gid)
+        return post(drive, hooks, body, request(body))
+
+    statuses = [send(f"gen_bad_{i}").status for i in range(4)]
+    assert statuses == [500, 500, 500, 200]
+    assert len(store.records(State.FAILED)) == 4  # kept for local replay
+    assert [send(f"gen_bad_{i}").status for i in range(10, 13)] == [500, 500, 500]
+    assert send("gen_ok").status == 200  # success resets the streak
+    assert [send(f"gen_bad_{i}").status for i in range(20, 24)] == [500, 500, 500, 200]
+
+
+def test_guard_streak_is_shared_through_the_ledger(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    a = Webhooks(SECRET, store=url, failure_threshold=2, include_shared=False)
+    b = Webhooks(SECRET, store=url, failure_threshold=2, include_shared=False)
+    for hooks in (a, b):
+        hooks.on("generation.succeeded")(lambda e: 1 / 0)
+    answers = []
+    for i, hooks in enumerate([a, b, a, b]):
+        body = payload(f"gen_{i}")
+        answers.append(hooks.handle("POST", request(body), body).status)
+    assert answers == [500, 500, 200, 500]
+
+
+def test_stale_event_is_rejected_by_signed_timestamp(drive: Drive, store: MemoryStore) -> None:
+    clock = Clock(1_777_000_000.0)  # 2026-04-24
+    hooks = Webhooks(SECRET, store=store, clock=clock, max_event_age=3600, include_shared=False)
+    body = payload("gen_old")  # completedAt 2026-04-26T01:23:50Z
+    clock.now = 1_777_166_630.0 + 3600 + 301 - 0.0  # past max age + skew
+    response = post(drive, hooks, body, request(body))
+    assert (response.status, response.json["error"]) == (400, "stale_event")
+    clock.now = 1_777_166_630.0 - 1000  # 1000 s in the future, beyond 300 s skew
+    assert post(drive, hooks, body, request(body)).json["error"] == "stale_event"
+    clock.now = 1_777_166_630.0 + 60
+    assert post(drive, hooks, body, request(body)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_event_age": 60}, "at least 15 minutes"),
+        ({"max_event_age": 3600, "retention": 3600}, "shorter than retention"),
+        ({"failure_threshold": 0}, "failure_threshold"),
+        ({"path": "hooks"}, "path must start"),
+        ({"store": "nosuch://x"}, "unknown store URL scheme"),
+        ({"mode": "later"}, "mode must be"),
+    ],
+)
+def test_bad_configuration_fails_at_startup(kwargs: dict[str, Any], message: str) -> None:
+    kwargs.setdefault("store", "memory://")
+    with pytest.raises(ConfigurationError, match=message):
+        Webhooks(SECRET, **kwargs)
+
+
+def test_unreachable_ledger_answers_503_with_retry_after_and_runs_nothing(
+    drive: Drive, tmp_path: Any, body: bytes
+) -> None:
+    hooks = Webhooks(SECRET, store=SQLiteStore(str(tmp_path)), include_shared=False)
+    ran: list[object] = []
+    hooks.on("generation.succeeded")(ran.append)
+    response = post(drive, hooks, body, request(body))
+    assert (response.status, response.json["error"]) == (503, "store_unavailable")
+    assert ("retry-after", "30") in response.headers
+    assert ran == []
+
+
+def test_rejections_are_logged_at_warning_without_secret_or_body(
+    hooks: Webhooks, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gptimg_webhooks")
+    delivery_id = str(uuid.uuid4())
+    headers = {**request(body, delivery=delivery_id), "X-Gptimg-Signature": "0" * 64}
+    hooks.handle("POST", headers, body)
+    hooks.handle("POST", request(body), body)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "invalid_signature" in r.getMessage() and delivery_id in r.getMessage() for r in warnings
+    )
+    for record in caplog.records:
+        text = record.getMessage()
+        assert SECRET not in text
+        assert body.decode() not in text

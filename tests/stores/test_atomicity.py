@@ -1,0 +1,86 @@
+"""The conformance suite's race tests catch a claim that checks, then inserts.
+
+Each naive store below looks the key up first and writes afterwards, with a short pause
+standing for the network round trip between the two. Run through the very tests every
+real store passes, it must fail them: proof that those tests can see a non-atomic claim.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gptimg_webhooks._core.ledger import Claim, ClaimStatus, Entry, Record, State
+from gptimg_webhooks.stores.memory import MemoryStore, new_token
+from gptimg_webhooks.stores.sqlite import SQLiteStore
+from tests.stores.conformance import MultiProcessConformance, StoreConformance
+
+ROUND_TRIP = 0.002
+TWO_CLAIMS = r"CLAIMED.*CLAIMED"
+
+
+class CheckThenInsertMemory(MemoryStore):
+    def claim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
+        if self.get(entry.key) is not None:
+            return super().claim(entry, now=now, lease=lease, defer=defer)
+        time.sleep(ROUND_TRIP)
+        token = new_token()
+        with self._lock:
+            self._records[entry.key] = Record(
+                entry.key, State.PROCESSING, entry.delivery_id, entry.event,
+                entry.generation_id, 1, entry.body, None, now, now, now + lease,
+            )  # fmt: skip
+            self._tokens[entry.key] = token
+        return Claim(ClaimStatus.CLAIMED, 1, token)
+
+
+class CheckThenInsertSQLite(SQLiteStore):
+    def claim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
+        with self._db() as conn:
+            found = conn.execute(
+                "SELECT 1 FROM gptimg_webhook_deliveries WHERE key = ?", (entry.key,)
+            ).fetchone()
+        if found is not None:
+            return super().claim(entry, now=now, lease=lease, defer=defer)
+        time.sleep(ROUND_TRIP)
+        token = new_token()
+        with self._db() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO gptimg_webhook_deliveries (key, state, delivery_id, "
+                "attempts, token, lease_until, body, created_at, updated_at) "
+                "VALUES (?, 'processing', ?, 1, ?, ?, ?, ?, ?)",
+                (entry.key, entry.delivery_id, token, now + lease, entry.body, now, now),
+            )
+        return Claim(ClaimStatus.CLAIMED, 1, token)
+
+
+def test_thread_race_test_catches_check_then_insert() -> None:
+    naive = CheckThenInsertMemory()
+    with pytest.raises(AssertionError, match=TWO_CLAIMS):
+        StoreConformance().test_racing_claimers_in_threads_get_exactly_one_claim(
+            naive, lambda: naive
+        )
+
+
+@pytest.mark.slow
+def test_process_race_test_catches_check_then_insert(tmp_path: Path) -> None:
+    path = str(tmp_path / "naive.sqlite3")
+    with pytest.raises(AssertionError, match=TWO_CLAIMS):
+        MultiProcessConformance().test_racing_claimers_in_processes_get_exactly_one_claim(
+            CheckThenInsertSQLite(path), lambda: CheckThenInsertSQLite(path)
+        )
+
+
+def test_async_race_test_catches_check_then_insert() -> None:
+    naive = CheckThenInsertMemory()
+
+    async def aclaim(entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
+        import asyncio
+
+        return await asyncio.to_thread(naive.claim, entry, now=now, lease=lease, defer=defer)
+
+    naive.aclaim = aclaim  # type: ignore[method-assign]  # a thread per claim, as by default
+    with pytest.raises(AssertionError, match=TWO_CLAIMS):
+        StoreConformance().test_async_claims_race_to_exactly_one_claim(naive)

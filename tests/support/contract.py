@@ -1,0 +1,218 @@
+"""The HTTP contract every adapter holds, checked against a live server.
+
+The server must run one of the examples (or follow their contract): handlers record to
+``/generations``; ``gen_slow_*`` generations take 1.5 s; ``gen_flaky_*`` ones fail on the
+first attempt only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import httpx
+
+from gptimg_webhooks import sign
+
+EVENT = "generation.succeeded"
+
+
+def payload(generation_id: str, event: str = EVENT, **extra: object) -> bytes:
+    data: dict[str, object] = {
+        "generationId": generation_id,
+        "type": "text2img",
+        "status": "succeeded" if event == EVENT else "failed",
+        "outputs": [
+            {
+                "png": f"https://cdn.gptimage2.plus/o/{generation_id}/0.png",
+                "webp": f"https://cdn.gptimage2.plus/o/{generation_id}/0.webp",
+                "width": 1024,
+                "height": 1024,
+            }
+        ]
+        if event == EVENT
+        else [],
+        "error": None if event == EVENT else "content policy",
+        "createdAt": "2026-04-26T01:23:45.000Z",
+        "completedAt": "2026-04-26T01:23:50.000Z",
+        **extra,
+    }
+    return json.dumps({"event": event, "data": data}, separators=(",", ":")).encode()
+
+
+def headers(
+    body: bytes, secret: str, event: str = EVENT, delivery: str | None = None
+) -> dict[str, str]:
+    return {
+        "X-Gptimg-Signature": sign(body, secret),
+        "X-Gptimg-Delivery": delivery or str(uuid.uuid4()),
+        "X-Gptimg-Event": event,
+        "Content-Type": "application/json",
+    }
+
+
+@dataclass
+class Case:
+    name: str
+    status: int
+
+
+def check_contract(base: str, secret: str, path: str = "/hooks/gptimg") -> list[Case]:
+    """Run every row of the contract table against ``base``; return the rows checked."""
+    url = base + path
+    done: list[Case] = []
+    tag = uuid.uuid4().hex[:8]
+
+    def expect(name: str, response: httpx.Response, status: int) -> None:
+        assert response.status_code == status, f"{name}: {response.status_code} {response.text}"
+        if status >= 400:
+            assert response.json()["error"], name
+        done.append(Case(name, status))
+
+    with httpx.Client(timeout=10) as client:
+        body = payload(f"gen_new_{tag}")
+        h = headers(body, secret)
+        expect("verified new", client.post(url, content=body, headers=h), 200)
+        expect("duplicate same id", client.post(url, content=body, headers=h), 200)
+        replay = {**h, "X-Gptimg-Delivery": str(uuid.uuid4())}
+        expect("duplicate forged fresh id", client.post(url, content=body, headers=replay), 200)
+
+        slow = payload(f"gen_slow_{tag}")
+
+        async def concurrent() -> list[int]:
+            async with httpx.AsyncClient(timeout=10) as ac:
+                first = asyncio.create_task(
+                    ac.post(url, content=slow, headers=headers(slow, secret))
+                )
+                await asyncio.sleep(0.5)
+                second = await ac.post(url, content=slow, headers=headers(slow, secret))
+                return [(await first).status_code, second.status_code]
+
+        first, second = asyncio.run(concurrent())
+        assert (first, second) == (200, 409), (first, second)
+        done.append(Case("duplicate in progress", 409))
+
+        for name, sig in [
+            ("signature missing", None),
+            ("signature empty", ""),
+            ("signature malformed", "sha256=" + sign(body, secret)),
+            ("signature wrong", sign(body, secret + "x")),
+        ]:
+            b = payload(f"gen_sig_{tag}")
+            h = headers(b, secret)
+            if sig is None:
+                del h["X-Gptimg-Signature"]
+            else:
+                h["X-Gptimg-Signature"] = sig
+            expect(name, client.post(url, content=b, headers=h), 401)
+
+        b = payload(f"gen_hdr_{tag}")
+        for name, change in [
+            ("delivery missing", {"X-Gptimg-Delivery": None}),
+            ("delivery malformed", {"X-Gptimg-Delivery": "not-a-uuid"}),
+            ("event missing", {"X-Gptimg-Event": None}),
+            ("event disagrees with body", {"X-Gptimg-Event": "generation.failed"}),
+        ]:
+            h = {k: v for k, v in {**headers(b, secret), **change}.items() if v is not None}
+            expect(name, client.post(url, content=b, headers=h), 400)
+
+        big = b'{"event":"generation.succeeded","pad":"' + b"x" * (2 << 20) + b'"}'
+        expect("body over cap", client.post(url, content=big, headers=headers(big, secret)), 413)
+
+        gz = gzip.compress(body)
+        h = {**headers(gz, secret), "Content-Encoding": "gzip"}
+        expect("content-encoding gzip", client.post(url, content=gz, headers=h), 415)
+
+        for name, raw in [
+            ("invalid utf-8", b'{"event":"generation.succeeded","data":"\xff"}'),
+            (
+                "duplicate keys",
+                b'{"event":"generation.succeeded","event":"generation.succeeded","data":{}}',
+            ),
+            (
+                "NaN",
+                b'{"event":"generation.succeeded","data":{"generationId":"g","costCredits":NaN}}',
+            ),
+            (
+                "deep nesting",
+                b'{"event":"generation.succeeded","data":' + b"[" * 64 + b"]" * 64 + b"}",
+            ),
+            (
+                "huge integer",
+                b'{"event":"generation.succeeded","data":{"generationId":"g","costCredits":'
+                + b"9" * 400
+                + b"}}",
+            ),
+            ("not json", b"event=generation.succeeded"),
+        ]:
+            expect(
+                f"strict json: {name}",
+                client.post(url, content=raw, headers=headers(raw, secret)),
+                400,
+            )
+
+        flaky = payload(f"gen_flaky_{tag}")
+        h = headers(flaky, secret)
+        expect("handler raised", client.post(url, content=flaky, headers=h), 500)
+        expect("retry after handler raised", client.post(url, content=flaky, headers=h), 200)
+
+        expect("method GET", client.get(url), 405)
+
+        unknown = json.dumps(
+            {"event": "generation.cancelled", "data": {"generationId": f"gen_u_{tag}"}}
+        ).encode()
+        h = headers(unknown, secret, event="generation.cancelled")
+        expect("unknown event", client.post(url, content=unknown, headers=h), 200)
+
+        rows = client.get(base + "/generations").json()
+    seen = Counter(r["generationId"] for r in rows)
+    assert seen[f"gen_new_{tag}"] == 1
+    assert seen[f"gen_slow_{tag}"] == 1
+    assert seen[f"gen_flaky_{tag}"] == 1
+    assert seen[f"gen_u_{tag}"] == 0
+    return done
+
+
+def duplicate_storm(base: str, secret: str, n: int = 500, path: str = "/hooks/gptimg") -> None:
+    """Send ``n`` deliveries three times at once (twice same id, once forged fresh id).
+
+    Then ``/generations`` must list each generation exactly once.
+    """
+    tag = uuid.uuid4().hex[:8]
+    url = base + path
+    ids = [f"gen_storm_{tag}_{i}" for i in range(n)]
+
+    async def storm() -> list[int]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            sem = asyncio.Semaphore(48)
+
+            async def post(body: bytes, h: dict[str, str]) -> int:
+                async with sem:
+                    for _ in range(40):  # 409 means "in progress": retry as the provider would
+                        r = await client.post(url, content=body, headers=h)
+                        if r.status_code != 409:
+                            return r.status_code
+                        await asyncio.sleep(0.05)
+                    return 409
+
+            tasks = []
+            for gid in ids:
+                body = payload(gid)
+                h = headers(body, secret)
+                forged = {**h, "X-Gptimg-Delivery": str(uuid.uuid4())}
+                tasks += [post(body, h), post(body, h), post(body, forged)]
+            return await asyncio.gather(*tasks)
+
+    statuses = asyncio.run(storm())
+    assert Counter(statuses) == Counter({200: 3 * n}), Counter(statuses)
+    rows = httpx.get(base + "/generations", timeout=30).json()
+    seen = Counter(
+        r["generationId"] for r in rows if r["generationId"].startswith(f"gen_storm_{tag}")
+    )
+    assert set(seen) == set(ids)
+    assert set(seen.values()) == {1}, [g for g, c in seen.items() if c != 1][:10]

@@ -1,0 +1,106 @@
+"""Start real servers (uvicorn, gunicorn, Django) on 127.0.0.1 for the duration of a test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running(
+    argv: list[str],
+    *,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+    ready_path: str = "/generations",
+    timeout: float = 30.0,
+) -> Iterator[str]:
+    """Run ``argv`` until the block ends; yield its base URL once ``ready_path`` answers."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"{argv[0]} exited:\n{log.read().decode(errors='replace')}")
+                try:
+                    if httpx.get(base + ready_path, timeout=1.0).status_code < 500:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(
+                        f"{argv[0]} not ready:\n{log.read().decode(errors='replace')}"
+                    )
+                time.sleep(0.1)
+            yield base
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def uvicorn_argv(app: str, port: int, workers: int = 1) -> list[str]:
+    return [
+        str(BIN / "uvicorn"),
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
+
+
+def gunicorn_argv(app: str, port: int, workers: int = 4) -> list[str]:
+    return [
+        str(BIN / "gunicorn"),
+        app,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--timeout",
+        "60",
+    ]

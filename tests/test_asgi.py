@@ -1,0 +1,152 @@
+"""The ASGI adapter: in-process through Starlette and FastAPI, and through real uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from gptimg_webhooks import GenerationSucceeded, Webhooks
+from gptimg_webhooks.asgi import WebhookApp, WebhookMiddleware
+from tests.support.contract import check_contract, duplicate_storm, headers, payload
+from tests.support.servers import free_port, running, uvicorn_argv
+
+SECRET = "whsec_asgi_test_secret"
+
+
+@pytest.fixture
+def hooks() -> Webhooks:
+    return Webhooks(SECRET, store="memory://", include_shared=False)
+
+
+def call(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_middleware_answers_its_path_and_passes_everything_else_through(hooks: Webhooks) -> None:
+    seen: list[str] = []
+    hooks.on("generation.succeeded")(lambda e: seen.append(e.data.generation_id))
+    app = Starlette(
+        routes=[Route("/", lambda r: PlainTextResponse("home"), methods=["GET", "POST"])]
+    )
+    app.add_middleware(WebhookMiddleware, receiver=hooks)
+    body = payload("gen_mw")
+    assert (
+        call(app, "POST", "/hooks/gptimg", content=body, headers=headers(body, SECRET)).status_code
+        == 200
+    )
+    assert seen == ["gen_mw"]
+    passed = call(app, "POST", "/", content=b"{}")
+    assert (passed.status_code, passed.text) == (200, "home")
+    assert call(app, "GET", "/hooks/gptimg").status_code == 405
+
+
+def test_fastapi_add_middleware(hooks: Webhooks) -> None:
+    app = FastAPI()
+    app.add_middleware(WebhookMiddleware, receiver=hooks)
+
+    @app.get("/ping")
+    def ping() -> dict[str, str]:
+        return {"pong": "yes"}
+
+    got: list[GenerationSucceeded] = []
+
+    @hooks.on("generation.succeeded")
+    async def handle(event: GenerationSucceeded) -> None:
+        got.append(event)
+
+    body = payload("gen_fastapi")
+    response = call(app, "POST", "/hooks/gptimg", content=body, headers=headers(body, SECRET))
+    assert response.json() == {"ok": True, "status": "processed"}
+    assert got[0].data.generation_id == "gen_fastapi"
+    assert call(app, "GET", "/ping").json() == {"pong": "yes"}
+
+
+def test_standalone_app_works_under_mount_and_route(hooks: Webhooks) -> None:
+    seen: list[str] = []
+    hooks.on("generation.succeeded")(lambda e: seen.append(e.data.generation_id))
+    receiver = WebhookApp(hooks)
+    app = Starlette(routes=[Route("/incoming/gptimg", receiver), Mount("/hooks", app=receiver)])
+    first, second = payload("gen_route"), payload("gen_mount")
+    response = call(app, "POST", "/incoming/gptimg", content=first, headers=headers(first, SECRET))
+    assert response.json()["status"] == "processed"
+    response = call(app, "POST", "/hooks/gptimg", content=second, headers=headers(second, SECRET))
+    assert response.json()["status"] == "processed"
+    assert seen == ["gen_route", "gen_mount"]
+
+
+def test_body_is_refused_while_streaming_past_the_cap() -> None:
+    hooks = Webhooks(SECRET, store="memory://", max_body_size=1000, include_shared=False)
+    received: list[int] = []
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        received.append(1)
+        return {"type": "http.request", "body": b"x" * 600, "more_body": True}  # endless
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/hooks/gptimg", "headers": []}
+    asyncio.run(WebhookMiddleware(lambda s, r, w: None, receiver=hooks)(scope, receive, send))  # type: ignore[arg-type, return-value]
+    assert sent[0]["status"] == 413
+    assert len(received) == 2  # stopped as soon as the cap was passed
+
+
+def test_declared_content_length_over_the_cap_is_refused_before_reading() -> None:
+    hooks = Webhooks(SECRET, store="memory://", max_body_size=1000, include_shared=False)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("body must not be read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/hooks/gptimg",
+        "headers": [(b"content-length", b"5000")],
+    }
+    asyncio.run(WebhookApp(hooks)(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 413
+
+
+@pytest.fixture(scope="module")
+def starlette_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Starlette example under real uvicorn with 4 workers and the default SQLite ledger."""
+    data = tmp_path_factory.mktemp("starlette")
+    port = free_port()
+    env = {"GPTIMG_WEBHOOK_SECRET": SECRET, "GPTIMG_EXAMPLE_DATA_DIR": str(data)}
+    env.pop("GPTIMG_WEBHOOK_STORE", None)
+    argv = uvicorn_argv("examples.starlette_app.app:app", port, workers=4)
+    # The default ledger is a SQLite file in the working directory: run from the data dir.
+    with running(argv, port=port, env={**env, "GPTIMG_WEBHOOK_STORE": ""}, cwd=Path(data)) as base:
+        yield base
+    assert (Path(data) / "gptimg_webhooks.sqlite3").exists()
+
+
+@pytest.mark.slow
+def test_http_contract_through_real_uvicorn(starlette_example: str) -> None:
+    checked = check_contract(starlette_example, SECRET)
+    assert {c.status for c in checked} == {200, 400, 401, 405, 409, 413, 415, 500}
+    assert len(checked) >= 24
+
+
+@pytest.mark.slow
+def test_concurrent_duplicates_across_four_uvicorn_workers_run_once(starlette_example: str) -> None:
+    duplicate_storm(starlette_example, SECRET, n=500)
