@@ -66,7 +66,14 @@ def running(
                         f"{argv[0]} not ready:\n{log.read().decode(errors='replace')}"
                     )
                 time.sleep(0.1)
-            yield base
+            try:
+                yield base
+            except BaseException as exc:
+                # A failure against a server is only diagnosable with the server's own log.
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-6000:]
+                exc.add_note(f"--- {argv[0]} log (tail) ---\n{tail}")
+                raise
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -87,7 +94,8 @@ def uvicorn_argv(app: str, port: int, workers: int = 1) -> list[str]:
         "--workers",
         str(workers),
         "--log-level",
-        "warning",
+        "info",
+        "--no-access-log",
     ]
 
 
@@ -100,7 +108,7 @@ def gunicorn_argv(app: str, port: int, workers: int = 4) -> list[str]:
         "--workers",
         str(workers),
         "--log-level",
-        "warning",
+        "info",
         "--timeout",
         "60",
     ]
