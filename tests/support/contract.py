@@ -92,8 +92,9 @@ def check_contract(base: str, secret: str, path: str = "/hooks/gptimg") -> list[
                 second = await ac.post(url, content=slow, headers=headers(slow, secret))
                 return [(await first).status_code, second.status_code]
 
-        first, second = asyncio.run(concurrent())
-        assert (first, second) == (200, 409), (first, second)
+        # Under load the later copy can win the lease; either way exactly one is refused.
+        statuses = sorted(asyncio.run(concurrent()))
+        assert statuses == [200, 409], statuses
         done.append(Case("duplicate in progress", 409))
 
         for name, sig in [
