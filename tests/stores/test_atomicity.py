@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gptimg_webhooks._core.ledger import Claim, ClaimStatus, Entry, Record, State
-from gptimg_webhooks.stores.memory import MemoryStore, new_token
+from gptimg_webhooks._core.ledger import Claim, ClaimStatus, Entry, State
+from gptimg_webhooks.stores.memory import MemoryStore, _Row, new_token
 from gptimg_webhooks.stores.sqlite import SQLiteStore
 from tests.stores.conformance import MultiProcessConformance, StoreConformance
 
@@ -26,14 +26,9 @@ class CheckThenInsertMemory(MemoryStore):
         if self.get(entry.key) is not None:
             return super().claim(entry, now=now, lease=lease, defer=defer)
         time.sleep(ROUND_TRIP)
-        token = new_token()
         with self._lock:
-            self._records[entry.key] = Record(
-                entry.key, State.PROCESSING, entry.delivery_id, entry.event,
-                entry.generation_id, 1, entry.body, None, now, now, now + lease,
-            )  # fmt: skip
-            self._tokens[entry.key] = token
-        return Claim(ClaimStatus.CLAIMED, 1, token)
+            row = self._rows[entry.key] = _Row(entry, State.PENDING, now)
+            return row.take(now, lease)
 
 
 class CheckThenInsertSQLite(SQLiteStore):

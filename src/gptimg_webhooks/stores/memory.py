@@ -6,11 +6,11 @@ delivery its siblings already ran. Use SQLite (one host) or a network store inst
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import replace
 from urllib.parse import parse_qs, urlsplit
 
 from .._core.errors import ConfigurationError
@@ -22,8 +22,84 @@ _FINISHED = (State.DONE, State.FAILED, State.DEAD)
 
 
 def new_token() -> str:
-    """Return a fencing token for a lease."""
+    """Return a fencing token for a lease, unique across processes and hosts."""
     return os.urandom(8).hex()
+
+
+# In one process a counter is unique enough, and cheaper than the OS's randomness.
+_local_tokens = itertools.count(1)
+
+
+class _Row:
+    """A record's mutable twin: the hot path updates it in place instead of copying."""
+
+    __slots__ = (
+        "attempts",
+        "available_at",
+        "body",
+        "created_at",
+        "delivery_id",
+        "error",
+        "event",
+        "generation_id",
+        "key",
+        "lease_until",
+        "state",
+        "token",
+        "updated_at",
+    )
+
+    def __init__(self, entry: Entry, state: State, now: float) -> None:
+        self.key = entry.key
+        self.state = state
+        self.delivery_id = entry.delivery_id
+        self.event = entry.event
+        self.generation_id = entry.generation_id
+        self.attempts = 0
+        self.body: bytes | None = entry.body
+        self.error: str | None = None
+        self.created_at = now
+        self.updated_at = now
+        self.lease_until: float | None = None
+        self.available_at: float | None = None
+        self.token: str | None = None
+
+    def take(self, now: float, lease: float) -> Claim:
+        self.state = State.PROCESSING
+        self.attempts += 1
+        self.lease_until = now + lease
+        self.available_at = None
+        self.updated_at = now
+        self.token = token = f"{next(_local_tokens):x}"
+        return Claim(ClaimStatus.CLAIMED, self.attempts, token)
+
+    def settle(
+        self, state: State, now: float, error: str | None, available_at: float | None
+    ) -> None:
+        self.state = state
+        self.token = None
+        self.lease_until = None
+        self.error = error
+        self.available_at = available_at
+        self.updated_at = now
+        if state is State.DONE:
+            self.body = None
+
+    def record(self) -> Record:
+        return Record(
+            self.key,
+            self.state,
+            self.delivery_id,
+            self.event,
+            self.generation_id,
+            self.attempts,
+            self.body,
+            self.error,
+            self.created_at,
+            self.updated_at,
+            self.lease_until,
+            self.available_at,
+        )
 
 
 class MemoryStore(Store):
@@ -36,8 +112,7 @@ class MemoryStore(Store):
         if max_records < 1:
             raise ConfigurationError("max_records must be at least 1")
         self.max_records = max_records
-        self._records: OrderedDict[str, Record] = OrderedDict()
-        self._tokens: dict[str, str] = {}
+        self._rows: OrderedDict[str, _Row] = OrderedDict()
         self._streak = 0
         self._lock = threading.Lock()
 
@@ -48,74 +123,59 @@ class MemoryStore(Store):
 
     def claim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
         with self._lock:
-            rec = self._records.get(entry.key)
-            if rec is None:
+            row = self._rows.get(entry.key)
+            if row is None:
                 self._evict()
-                state = State.PENDING if defer else State.PROCESSING
-                rec = Record(
-                    entry.key,
-                    state,
-                    entry.delivery_id,
-                    entry.event,
-                    entry.generation_id,
-                    0,
-                    entry.body,
-                    None,
-                    now,
-                    now,
-                )
-            elif rec.state is State.DONE:
+                row = self._rows[entry.key] = _Row(entry, State.PENDING, now)
+            elif row.state is State.DONE:
                 return Claim(ClaimStatus.DONE)
-            elif rec.state is State.DEAD:
+            elif row.state is State.DEAD:
                 return Claim(ClaimStatus.DEAD)
-            elif rec.state is State.PENDING:
+            elif row.state is State.PENDING:
                 # Queued for workers (deferred, retry backoff, replay): not run inline.
                 return Claim(ClaimStatus.PENDING)
-            elif rec.state is State.PROCESSING and (rec.lease_until or 0) > now:
+            elif row.state is State.PROCESSING and (row.lease_until or 0) > now:
                 return Claim(ClaimStatus.PENDING if defer else ClaimStatus.IN_PROGRESS)
-            if defer:
-                self._records[entry.key] = replace(
-                    rec, state=State.PENDING, lease_until=None, updated_at=now
-                )
-                self._tokens.pop(entry.key, None)
-                return Claim(ClaimStatus.PENDING)
-            token = new_token()
-            self._records[entry.key] = replace(
-                rec,
-                state=State.PROCESSING,
-                attempts=rec.attempts + 1,
-                lease_until=now + lease,
-                updated_at=now,
-            )
-            self._tokens[entry.key] = token
-            return Claim(ClaimStatus.CLAIMED, rec.attempts + 1, token)
+            if not defer:
+                return row.take(now, lease)
+            row.state = State.PENDING
+            row.token = row.lease_until = None
+            row.updated_at = now
+            return Claim(ClaimStatus.PENDING)
 
     def _evict(self) -> None:
-        excess = len(self._records) - self.max_records + 1
+        excess = len(self._rows) - self.max_records + 1
         if excess <= 0:
             return
         victims: list[str] = []
-        for key, rec in self._records.items():  # oldest first
-            if rec.state in _FINISHED:
+        for key, row in self._rows.items():  # oldest first
+            if row.state in _FINISHED:
                 victims.append(key)
                 if len(victims) >= excess:
                     break
         for key in victims:
-            del self._records[key]
+            del self._rows[key]
 
-    def _settle(self, key: str, token: str, **changes: object) -> bool:
+    def _settle(
+        self,
+        key: str,
+        token: str,
+        state: State,
+        now: float,
+        error: str | None = None,
+        available_at: float | None = None,
+    ) -> bool:
         with self._lock:
-            rec = self._records.get(key)
-            if rec is None or rec.state is not State.PROCESSING or self._tokens.get(key) != token:
+            row = self._rows.get(key)
+            if row is None or row.state is not State.PROCESSING or row.token != token:
                 return False
-            del self._tokens[key]
-            self._records[key] = replace(rec, lease_until=None, **changes)  # type: ignore[arg-type]
-            if changes.get("state") is State.DONE:
+            row.settle(state, now, error, available_at)
+            if state is State.DONE:
                 self._streak = 0
             return True
 
     def complete(self, key: str, token: str, *, now: float) -> bool:
-        return self._settle(key, token, state=State.DONE, body=None, error=None, updated_at=now)
+        return self._settle(key, token, State.DONE, now)
 
     def fail(
         self,
@@ -128,38 +188,35 @@ class MemoryStore(Store):
         retry_at: float | None = None,
     ) -> bool:
         state = State.DEAD if dead else State.PENDING if retry_at is not None else State.FAILED
-        return self._settle(
-            key, token, state=state, error=error, updated_at=now, available_at=retry_at
-        )
+        return self._settle(key, token, state, now, error, retry_at)
 
     def get(self, key: str) -> Record | None:
-        return self._records.get(key)
+        row = self._rows.get(key)
+        return None if row is None else row.record()
 
     def records(self, state: State | None = None, limit: int = 100) -> Sequence[Record]:
         with self._lock:
-            found = [r for r in self._records.values() if state is None or r.state is state]
+            found = [r.record() for r in self._rows.values() if state is None or r.state is state]
         found.sort(key=lambda r: r.updated_at, reverse=True)
         return found[:limit]
 
     def replay(self, key: str, *, now: float) -> bool:
         with self._lock:
-            rec = self._records.get(key)
-            if rec is None or rec.state not in (State.FAILED, State.DEAD):
+            row = self._rows.get(key)
+            if row is None or row.state not in (State.FAILED, State.DEAD):
                 return False
-            self._records[key] = replace(
-                rec, state=State.PENDING, updated_at=now, available_at=None
-            )
+            row.state = State.PENDING
+            row.updated_at = now
+            row.available_at = None
             return True
 
     def prune(self, before: float) -> int:
         with self._lock:
             old = [
-                k
-                for k, r in self._records.items()
-                if r.state in _FINISHED and r.updated_at < before
+                k for k, r in self._rows.items() if r.state in _FINISHED and r.updated_at < before
             ]
             for key in old:
-                del self._records[key]
+                del self._rows[key]
             return len(old)
 
     def record_failure(self, limit: int) -> bool:
@@ -175,24 +232,14 @@ class MemoryStore(Store):
     ) -> Sequence[tuple[Record, Claim]]:
         leased: list[tuple[Record, Claim]] = []
         with self._lock:
-            for key, rec in self._records.items():
+            for row in self._rows.values():
                 if len(leased) >= limit:
                     break
-                expired = rec.state is State.PROCESSING and (rec.lease_until or 0) <= now
-                due = rec.state is State.PENDING and (rec.available_at or 0) <= now
+                expired = row.state is State.PROCESSING and (row.lease_until or 0) <= now
+                due = row.state is State.PENDING and (row.available_at or 0) <= now
                 if due or expired:
-                    token = new_token()
-                    taken = replace(
-                        rec,
-                        state=State.PROCESSING,
-                        attempts=rec.attempts + 1,
-                        lease_until=now + lease,
-                        available_at=None,
-                        updated_at=now,
-                    )
-                    self._records[key] = taken
-                    self._tokens[key] = token
-                    leased.append((taken, Claim(ClaimStatus.CLAIMED, taken.attempts, token)))
+                    claim = row.take(now, lease)
+                    leased.append((row.record(), claim))
         return leased
 
     # No I/O here: answer in the caller's thread instead of hopping to another.
