@@ -9,6 +9,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -338,6 +339,59 @@ def test_sync_handler_runs_off_the_event_loop_thread(hooks: Webhooks, body: byte
 
     loop_thread = asyncio.run(main())
     assert threads and threads[0] != loop_thread
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The event loop's default executor, counting the thread hops made through it."""
+
+    hops = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        self.hops += 1
+        return super().submit(*args, **kwargs)
+
+
+def hops_and_loop_thread(hooks: Webhooks, body: bytes, seen: list[int]) -> tuple[int, int]:
+    """Answer one delivery under asyncio; return the thread hops it took and the loop's thread."""
+    warm_up = payload("gen_warm_up")  # takes the first request's ledger prune out of the count
+    assert hooks.handle("POST", request(warm_up), warm_up).status == 200
+    seen.clear()
+    executor = CountingExecutor()
+
+    async def main() -> int:
+        asyncio.get_running_loop().set_default_executor(executor)
+        assert (await hooks.handle_async("POST", request(body), body)).status == 200
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    return executor.hops, loop_thread
+
+
+def test_thread_bound_ledger_and_sync_handlers_share_one_thread_hop(
+    tmp_path: Any, body: bytes
+) -> None:
+    hooks = Webhooks(SECRET, store=SQLiteStore(str(tmp_path / "l.sqlite3")), include_shared=False)
+    handler_threads: list[int] = []
+    hooks.on("generation.succeeded")(lambda e: handler_threads.append(threading.get_ident()))
+    hooks.on("generation.succeeded")(lambda e: handler_threads.append(threading.get_ident()))
+    hops, loop_thread = hops_and_loop_thread(hooks, body, handler_threads)
+    assert hops == 1  # claim, both handlers and the done mark: not one hop each
+    assert loop_thread not in handler_threads
+
+
+def test_async_handler_on_a_thread_bound_ledger_runs_on_the_event_loop(
+    tmp_path: Any, body: bytes
+) -> None:
+    hooks = Webhooks(SECRET, store=SQLiteStore(str(tmp_path / "l.sqlite3")), include_shared=False)
+    handler_threads: list[int] = []
+
+    @hooks.on("generation.succeeded")
+    async def handler(event: GenerationSucceeded) -> None:
+        handler_threads.append(threading.get_ident())
+
+    hops, loop_thread = hops_and_loop_thread(hooks, body, handler_threads)
+    assert handler_threads == [loop_thread]
+    assert hops == 2  # the blocking claim and done mark still stay off the loop
 
 
 def test_async_handler_runs_under_the_sync_driver(hooks: Webhooks, body: bytes) -> None:

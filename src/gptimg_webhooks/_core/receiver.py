@@ -183,9 +183,13 @@ class Webhooks:
         """Answer one request, blocking (for WSGI and plain code)."""
         return self._drive(flow(self, method, headers, body, self.clock()))
 
-    def _drive(self, gen: Generator[Command, Any, Response]) -> Response:
+    def _drive(
+        self, gen: Generator[Command, Any, Response], command: Command | None = None
+    ) -> Response:
+        """Perform ``gen``'s commands (from ``command`` if given) until it answers."""
         try:
-            command = next(gen)
+            if command is None:
+                command = next(gen)
             while True:
                 try:
                     result = self._perform(command)
@@ -258,6 +262,8 @@ class Webhooks:
         try:
             command = next(gen)
             while True:
+                if isinstance(command, Lease) and self._in_one_thread(command):
+                    return await asyncio.to_thread(self._drive, gen, command)
                 try:
                     result = await self._perform_async(command)
                 except StoreUnavailable as exc:
@@ -270,6 +276,12 @@ class Webhooks:
         except StopIteration as stop:
             response: Response = stop.value
             return response
+
+    def _in_one_thread(self, lease: Lease) -> bool:
+        """Tell whether the rest of a delivery is cheaper run by the sync driver in a thread."""
+        if self.store.native_async:
+            return False
+        return not any(h.is_async for h in self.routes(lease.entry.event or ""))
 
     async def _perform_async(self, command: Command) -> Any:
         store, now = self.store, self.clock()

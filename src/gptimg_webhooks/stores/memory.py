@@ -107,6 +107,7 @@ class MemoryStore(Store):
 
     schemes = ("memory",)
     shared = False
+    native_async = True
 
     def __init__(self, max_records: int = 100_000) -> None:
         if max_records < 1:

@@ -214,6 +214,7 @@ class PostgresStore(Store):
     schemes = ("postgresql", "postgres")
     transactional = True
     async_transactions = True
+    native_async = True
 
     def __init__(
         self,

@@ -288,6 +288,7 @@ class RedisStore(Store):
     """A ledger in Redis; sync and asyncio clients, each with its own connection pool."""
 
     schemes = ("redis", "rediss")
+    native_async = True
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = DEFAULT_PREFIX):
         if not prefix:
