@@ -33,6 +33,7 @@ from typing import Any
 
 from gptimg_webhooks import Delivery, Event, Webhooks
 from gptimg_webhooks.asgi import WebhookApp
+from gptimg_webhooks.stores.sqlite import enable_wal
 
 EFFECTS = os.environ.get("GPTIMG_TEST_EFFECTS", "effects.sqlite3")
 TABLE = os.environ.get("GPTIMG_TEST_EFFECTS_TABLE", "effects")
@@ -51,7 +52,7 @@ def _connect() -> Any:
         conn = psycopg.connect(EFFECTS, autocommit=True)
     else:
         conn = sqlite3.connect(EFFECTS, timeout=30, isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
+        enable_wal(conn, 30)
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {TABLE} (generation_id TEXT, delivery_id TEXT, "
             "attempt INTEGER, pid INTEGER, phase TEXT, at REAL)"

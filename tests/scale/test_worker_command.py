@@ -64,7 +64,7 @@ def test_once_processes_what_is_due_and_exits(sqlite_env: dict[str, str]) -> Non
         argv, cwd=ROOT, env=sqlite_env, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "stopped after 4 run(s)" in result.stderr  # gen_fail_three ran twice
+    assert "stopped after 4 run(s)" in result.stderr, result.stderr  # gen_fail_three ran twice
     assert effects(sqlite_env) == ["gen_one", "gen_two"]
     assert states(sqlite_env) == {
         "gen_one": State.DONE,

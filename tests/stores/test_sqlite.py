@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gptimg_webhooks.stores import open_store
-from gptimg_webhooks.stores.sqlite import SQLiteStore
+from gptimg_webhooks.stores.sqlite import SQLiteStore, enable_wal
 from tests.stores.conformance import (
     LEASE,
     T0,
@@ -58,3 +60,20 @@ def test_processes_opening_a_new_file_together_all_get_through(tmp_path: Path) -
         for p in procs:
             p.join(timeout=30)
         assert outcomes == ["ok"] * 6
+
+
+def test_enable_wal_waits_for_the_lock_where_sqlite_would_not(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    # No busy handler: what SQLite gives a sibling switching a new file to WAL at once.
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        conn.execute("PRAGMA journal_mode = WAL")
+    release = threading.Timer(0.3, holder.execute, ["ROLLBACK"])
+    release.start()
+    enable_wal(conn, timeout=10)
+    release.join()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    holder.close()
+    conn.close()

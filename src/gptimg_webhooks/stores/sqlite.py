@@ -24,7 +24,26 @@ from .._core.errors import ConfigurationError, StoreUnavailable
 from .._core.ledger import Claim, ClaimStatus, Entry, Record, State, Store
 from .memory import new_token
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteStore", "enable_wal"]
+
+
+def enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch ``conn``'s database file to WAL mode, waiting up to ``timeout`` seconds.
+
+    Several threads or processes opening a new file together can get "database is
+    locked" at once here: SQLite does not run its busy handler for this switch.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
 
 _TABLE = "gptimg_webhook_deliveries"
 _SCHEMA = f"""
@@ -108,7 +127,7 @@ class SQLiteStore(Store):
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            self._enable_wal(conn)
+            enable_wal(conn, self.busy_timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(_SCHEMA)
         except BaseException:
@@ -116,20 +135,6 @@ class SQLiteStore(Store):
             raise
         local.conn, local.pid = conn, os.getpid()
         return conn
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        # Switching a new file to WAL while sibling processes open it too can fail with
-        # "database is locked" at once: SQLite does not run its busy handler there.
-        deadline = time.monotonic() + self.busy_timeout
-        while True:
-            try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL")
-                return
-            except sqlite3.OperationalError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.01)
 
     @contextmanager
     def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gptimg_webhooks._core.events import Event
+from gptimg_webhooks.stores.sqlite import enable_wal
 
 __all__ = ["DATA_DIR_ENV", "Gallery", "render_gallery"]
 
@@ -39,7 +40,7 @@ class Gallery:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
             conn = sqlite3.connect(self.path, timeout=10)
-            conn.execute("PRAGMA journal_mode = WAL")
+            enable_wal(conn, 10)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
