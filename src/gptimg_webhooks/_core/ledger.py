@@ -129,7 +129,7 @@ class Store(ABC):
     async_transactions: bool = False
     #: True when the ``a*`` methods never wait on a thread (native async, or no I/O).
     #: Else the async driver hands a claimed delivery whose handlers are all sync to one
-    #: worker thread: claim, handlers and done mark cost one thread hop instead of three.
+    #: worker thread: claim, handlers and done mark cost one thread hop, not one each.
     native_async: bool = False
 
     @abstractmethod
