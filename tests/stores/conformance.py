@@ -15,13 +15,15 @@ one-process store (memory) returns its single instance. For example::
         def effects(self, store):
             return MyEffects(...)  # see Effects
 
+Times come from the store's own clock (store-side time), so the tests that need a lease
+to run out use short leases and wait for them (:data:`SHORT`).
+
 Add the mixins that apply, so nothing is skipped (under ``CI=true`` a skip fails):
 :class:`MultiProcessConformance` for stores shared across processes,
 :class:`TransactionalConformance` for ``transactional`` stores (with an ``effects``
 fixture that writes a table through ``delivery.transaction``), and
 :class:`AsyncTransactionalConformance` when ``async_transactions`` is true. The
-``store`` fixture is ``reopen()``, closed after the test. Times are passed explicitly
-(``now=``), so no test sleeps.
+``store`` fixture is ``reopen()``, closed after the test.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import asyncio
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -38,8 +41,9 @@ import pytest
 
 from gptimg_webhooks._core.ledger import ClaimStatus, Entry, State, Store
 
-T0 = 1_800_000_000.0
 LEASE = 60.0
+#: A lease short enough to wait out in a test.
+SHORT = 0.4
 
 Reopen = Callable[[], Store]
 
@@ -70,13 +74,16 @@ def run_async(store: Store, factory: Callable[[], Awaitable[Any]]) -> Any:
 # Races ------------------------------------------------------------------------------
 
 
-def _claim_rounds(
-    store: Store, keys: list[str], barrier: Any, now: float
-) -> list[tuple[str, ClaimStatus]]:
+def expire() -> None:
+    """Wait until a lease of :data:`SHORT` seconds taken before the call has run out."""
+    time.sleep(SHORT + 0.15)
+
+
+def _claim_rounds(store: Store, keys: list[str], barrier: Any) -> list[tuple[str, ClaimStatus]]:
     out = []
     for key in keys:
         barrier.wait(timeout=30)  # everyone claims the same key at the same moment
-        claim = store.claim(entry(key), now=now, lease=LEASE)
+        claim = store.claim(entry(key), lease=LEASE)
         out.append((key, claim.status))
     return out
 
@@ -98,7 +105,7 @@ def race_claims(
         def work() -> list[tuple[str, ClaimStatus]]:
             store = reopen()
             try:
-                return _claim_rounds(store, names, barrier, T0)
+                return _claim_rounds(store, names, barrier)
             finally:
                 store.close()
 
@@ -115,7 +122,7 @@ def race_claims(
     def child() -> None:
         store = reopen()
         try:
-            queue.put(("ok", [(k, s.value) for k, s in _claim_rounds(store, names, pbarrier, T0)]))
+            queue.put(("ok", [(k, s.value) for k, s in _claim_rounds(store, names, pbarrier)]))
         except BaseException as exc:
             queue.put(("error", repr(exc)))
         finally:
@@ -146,9 +153,12 @@ class Effects(Protocol):
 
     def rows(self) -> list[str]: ...
 
+    def break_transaction(self, tx: Any) -> None:
+        """Run a failing statement through ``tx`` and catch the error, as a handler might."""
+
 
 class StoreConformance:
-    """Ledger semantics: see ``gptimg_webhooks._core.ledger`` for the contract."""
+    """Ledger semantics: see ``gptimg_webhooks._core.ledger`` for the machine."""
 
     @pytest.fixture
     def reopen(self) -> Reopen:
@@ -166,14 +176,17 @@ class StoreConformance:
     # Claim -------------------------------------------------------------------------
 
     def test_new_delivery_is_claimed_as_attempt_one_with_a_token(self, store: Store) -> None:
-        claim = store.claim(entry(1), now=T0, lease=LEASE)
+        claim = store.claim(entry(1), lease=LEASE)
         assert claim.status is ClaimStatus.CLAIMED
         assert claim.attempt == 1
         assert claim.token
 
-    def test_claimed_record_keeps_the_entry_and_holds_a_lease(self, store: Store) -> None:
+    def test_claimed_record_keeps_the_entry_and_holds_a_lease_by_store_time(
+        self, store: Store
+    ) -> None:
         e = entry(1)
-        store.claim(e, now=T0, lease=LEASE)
+        before = time.time()
+        store.claim(e, lease=LEASE)
         rec = store.get(e.key)
         assert rec is not None
         assert (rec.key, rec.state, rec.attempts) == (e.key, State.PROCESSING, 1)
@@ -183,66 +196,96 @@ class StoreConformance:
             e.generation_id,
         )
         assert rec.body == e.body
-        assert rec.lease_until == pytest.approx(T0 + LEASE)
-        assert rec.created_at == pytest.approx(T0)
+        # The store's clock (the same host's here) stamps the record and the lease.
+        assert rec.created_at == pytest.approx(before, abs=2)
+        assert rec.lease_until == pytest.approx(rec.created_at + LEASE, abs=0.5)
 
     def test_unknown_key_is_none(self, store: Store) -> None:
         assert store.get("no-such-key") is None
 
     def test_entry_without_event_or_generation_round_trips_as_none(self, store: Store) -> None:
         e = Entry("k-none", "d", None, None, b"")
-        store.claim(e, now=T0, lease=LEASE)
+        store.claim(e, lease=LEASE)
         rec = store.get("k-none")
         assert rec is not None
         assert (rec.event, rec.generation_id, rec.body) == (None, None, b"")
 
     def test_duplicate_during_a_live_lease_is_in_progress(self, store: Store) -> None:
-        store.claim(entry(1), now=T0, lease=LEASE)
-        again = store.claim(entry(1), now=T0 + LEASE - 1, lease=LEASE)
+        store.claim(entry(1), lease=LEASE)
+        again = store.claim(entry(1), lease=LEASE)
         assert again.status is ClaimStatus.IN_PROGRESS
         assert store.get(entry(1).key).attempts == 1  # type: ignore[union-attr]
 
     def test_duplicate_after_done_is_done_and_the_body_is_dropped(self, store: Store) -> None:
-        claim = store.claim(entry(1), now=T0, lease=LEASE)
-        assert store.complete(entry(1).key, claim.token, now=T0 + 1)
+        claim = store.claim(entry(1), lease=SHORT)
+        assert store.complete(entry(1).key, claim.token)
         rec = store.get(entry(1).key)
         assert rec is not None
         assert (rec.state, rec.body, rec.lease_until) == (State.DONE, None, None)
-        assert rec.updated_at == pytest.approx(T0 + 1)
-        # Even long after its lease would have ended, a done record stays done.
-        later = store.claim(entry(1), now=T0 + 10 * LEASE, lease=LEASE)
-        assert later.status is ClaimStatus.DONE
+        expire()  # long after its lease would have ended, a done record stays done
+        assert store.claim(entry(1), lease=LEASE).status is ClaimStatus.DONE
 
     def test_complete_with_a_wrong_token_is_refused(self, store: Store) -> None:
-        store.claim(entry(1), now=T0, lease=LEASE)
-        assert not store.complete(entry(1).key, "not-the-token", now=T0 + 1)
-        assert not store.complete("no-such-key", "x", now=T0 + 1)
+        store.claim(entry(1), lease=LEASE)
+        assert not store.complete(entry(1).key, "not-the-token")
+        assert not store.complete(entry(1).key, "")
+        assert not store.complete("no-such-key", "x")
         assert store.get(entry(1).key).state is State.PROCESSING  # type: ignore[union-attr]
 
     def test_expired_lease_is_reclaimed_with_the_next_attempt(self, store: Store) -> None:
-        first = store.claim(entry(1), now=T0, lease=LEASE)
-        second = store.claim(entry(1), now=T0 + LEASE, lease=LEASE)
+        first = store.claim(entry(1), lease=SHORT)
+        expire()
+        second = store.claim(entry(1), lease=LEASE)
         assert second.status is ClaimStatus.CLAIMED
         assert second.attempt == 2
         assert second.token != first.token
-        assert store.get(entry(1).key).lease_until == pytest.approx(T0 + 2 * LEASE)  # type: ignore[union-attr]
 
     def test_an_old_token_cannot_settle_after_its_lease_was_taken_over(self, store: Store) -> None:
-        first = store.claim(entry(1), now=T0, lease=LEASE)
-        second = store.claim(entry(1), now=T0 + LEASE + 1, lease=LEASE)
+        first = store.claim(entry(1), lease=SHORT)
+        expire()
+        second = store.claim(entry(1), lease=LEASE)
         key = entry(1).key
-        assert not store.complete(key, first.token, now=T0 + LEASE + 2)
-        assert not store.fail(key, first.token, "late", now=T0 + LEASE + 2)
+        assert not store.complete(key, first.token)
+        assert not store.fail(key, first.token, "late")
+        assert not store.renew(key, first.token, lease=LEASE)
         assert store.get(key).state is State.PROCESSING  # type: ignore[union-attr]
-        assert store.complete(key, second.token, now=T0 + LEASE + 3)
-        assert not store.complete(key, second.token, now=T0 + LEASE + 4)  # only once
+        assert store.complete(key, second.token)
+        assert not store.complete(key, second.token)  # only once
+
+    # Renewed leases ----------------------------------------------------------------
+
+    def test_renewed_lease_outlives_its_first_deadline(self, store: Store) -> None:
+        claim = store.claim(entry(1), lease=SHORT)
+        for _ in range(3):  # renewed well past the first lease's end
+            time.sleep(SHORT / 2)
+            assert store.renew(entry(1).key, claim.token, lease=SHORT)
+        assert store.claim(entry(1), lease=LEASE).status is ClaimStatus.IN_PROGRESS
+        assert store.due(10) == []
+        rec = store.get(entry(1).key)
+        assert rec is not None
+        assert rec.attempts == 1
+        assert store.complete(entry(1).key, claim.token)
+
+    def test_renew_keeps_the_token_and_refuses_strangers(self, store: Store) -> None:
+        claim = store.claim(entry(1), lease=LEASE)
+        assert not store.renew(entry(1).key, "other", lease=LEASE)
+        assert not store.renew("no-such-key", claim.token, lease=LEASE)
+        assert store.renew(entry(1).key, claim.token, lease=LEASE)
+        assert store.complete(entry(1).key, claim.token)
+        assert not store.renew(entry(1).key, claim.token, lease=LEASE)  # settled: nothing held
+
+    def test_an_unrenewed_lease_runs_out(self, store: Store) -> None:
+        store.claim(entry(1), lease=SHORT)
+        assert store.due(10) == []
+        expire()
+        assert store.due(10) == [entry(1).key]
 
     # Failure -----------------------------------------------------------------------
 
     def test_failed_record_keeps_body_and_error_and_is_claimed_again(self, store: Store) -> None:
         e = entry(1)
-        claim = store.claim(e, now=T0, lease=LEASE)
-        assert store.fail(e.key, claim.token, "ValueError: boom", now=T0 + 1)
+        claim = store.claim(e, lease=LEASE)
+        assert store.fail(e.key, claim.token, "ValueError: boom")
         rec = store.get(e.key)
         assert rec is not None
         assert (rec.state, rec.body, rec.error, rec.lease_until) == (
@@ -251,67 +294,82 @@ class StoreConformance:
             "ValueError: boom",
             None,
         )
-        retry = store.claim(e, now=T0 + 2, lease=LEASE)
+        retry = store.claim(e, lease=LEASE)
         assert (retry.status, retry.attempt) == (ClaimStatus.CLAIMED, 2)
-        assert not store.complete(e.key, claim.token, now=T0 + 3)  # the old token is spent
-        assert store.complete(e.key, retry.token, now=T0 + 3)
+        assert not store.complete(e.key, claim.token)  # the old token is spent
+        assert store.complete(e.key, retry.token)
         assert store.get(e.key).error is None  # type: ignore[union-attr]
 
-    def test_fail_with_retry_at_is_pending_and_leasable_only_from_then(self, store: Store) -> None:
+    def test_retry_is_pending_and_leasable_only_after_its_delay(self, store: Store) -> None:
         e = entry(1)
-        claim = store.claim(e, now=T0, lease=LEASE)
-        assert store.fail(e.key, claim.token, "err", now=T0 + 1, retry_at=T0 + 30)
+        claim = store.claim(e, lease=LEASE)
+        assert store.retry(e.key, claim.token, "err", delay=SHORT)
         rec = store.get(e.key)
         assert rec is not None
-        assert (rec.state, rec.available_at) == (State.PENDING, pytest.approx(T0 + 30))
+        assert rec.state is State.PENDING
+        assert rec.available_at == pytest.approx(rec.updated_at + SHORT, abs=0.05)
         # A provider retry meanwhile must not run it inline: it is queued.
-        assert store.claim(e, now=T0 + 2, lease=LEASE).status is ClaimStatus.PENDING
-        assert store.lease_pending(now=T0 + 29, lease=LEASE) == []
-        leased = store.lease_pending(now=T0 + 30, lease=LEASE)
+        assert store.claim(e, lease=LEASE).status is ClaimStatus.PENDING
+        assert store.lease_due(lease=LEASE) == []
+        expire()
+        leased = store.lease_due(lease=LEASE)
         assert [(r.key, c.attempt) for r, c in leased] == [(e.key, 2)]
         assert leased[0][0].available_at is None
-        assert store.complete(e.key, leased[0][1].token, now=T0 + 31)
+        assert leased[0][0].body == e.body
+        assert store.complete(e.key, leased[0][1].token)
 
-    def test_dead_record_is_dead_to_claims_and_to_workers(self, store: Store) -> None:
+    def test_buried_record_is_dead_to_claims_and_to_runners(self, store: Store) -> None:
         e = entry(1)
-        claim = store.claim(e, now=T0, lease=LEASE)
-        assert store.fail(e.key, claim.token, "gave up", now=T0 + 1, dead=True)
+        claim = store.claim(e, lease=LEASE)
+        assert store.bury(e.key, claim.token, "gave up")
         rec = store.get(e.key)
         assert rec is not None
         assert (rec.state, rec.body, rec.error) == (State.DEAD, e.body, "gave up")
-        assert store.claim(e, now=T0 + 2, lease=LEASE).status is ClaimStatus.DEAD
-        assert store.lease_pending(now=T0 + 10 * LEASE, lease=LEASE) == []
+        assert store.claim(e, lease=LEASE).status is ClaimStatus.DEAD
+        assert store.enqueue(e).status is ClaimStatus.DEAD
+        assert store.lease_due(lease=LEASE) == []
 
-    # Replay ------------------------------------------------------------------------
+    # Replay and rerun --------------------------------------------------------------
 
     def test_replay_puts_failed_and_dead_records_back_to_pending(self, store: Store) -> None:
-        for n, dead in ((1, False), (2, True)):
-            claim = store.claim(entry(n), now=T0, lease=LEASE)
-            store.fail(entry(n).key, claim.token, "err", now=T0 + 1, dead=dead)
-            assert store.replay(entry(n).key, now=T0 + 5)
+        for n, settle in ((1, store.fail), (2, store.bury)):
+            claim = store.claim(entry(n), lease=LEASE)
+            settle(entry(n).key, claim.token, "err")
+            assert store.replay(entry(n).key)
             rec = store.get(entry(n).key)
             assert rec is not None
             assert (rec.state, rec.available_at, rec.body) == (State.PENDING, None, entry(n).body)
-            assert rec.updated_at == pytest.approx(T0 + 5)
-        leased = store.lease_pending(now=T0 + 5, lease=LEASE)
+        leased = store.lease_due(lease=LEASE)
         assert sorted(r.key for r, _ in leased) == [entry(1).key, entry(2).key]
         assert all(c.attempt == 2 for _, c in leased)
 
     def test_replay_refuses_done_processing_pending_and_unknown(self, store: Store) -> None:
-        done = store.claim(entry(1), now=T0, lease=LEASE)
-        store.complete(entry(1).key, done.token, now=T0)
-        store.claim(entry(2), now=T0, lease=LEASE)
-        store.claim(entry(3), now=T0, lease=LEASE, defer=True)
+        done = store.claim(entry(1), lease=LEASE)
+        store.complete(entry(1).key, done.token)
+        store.claim(entry(2), lease=LEASE)
+        store.enqueue(entry(3))
         for key in (entry(1).key, entry(2).key, entry(3).key, "no-such-key"):
-            assert not store.replay(key, now=T0 + 1)
+            assert not store.replay(key)
+            assert store.rerun(key, lease=LEASE) is None
         states = [store.get(entry(n).key).state for n in (1, 2, 3)]  # type: ignore[union-attr]
         assert states == [State.DONE, State.PROCESSING, State.PENDING]
 
-    # Deferred mode and workers -----------------------------------------------------
+    def test_rerun_leases_a_failed_or_dead_record_at_once(self, store: Store) -> None:
+        for n, settle in ((1, store.fail), (2, store.bury)):
+            claim = store.claim(entry(n), lease=LEASE)
+            settle(entry(n).key, claim.token, "err")
+            leased = store.rerun(entry(n).key, lease=LEASE)
+            assert leased is not None
+            rec, again = leased
+            assert (rec.state, rec.body, again.attempt) == (State.PROCESSING, entry(n).body, 2)
+            assert store.claim(entry(n), lease=LEASE).status is ClaimStatus.IN_PROGRESS
+            assert store.complete(entry(n).key, again.token)
 
-    def test_deferred_claim_records_pending_without_a_lease(self, store: Store) -> None:
+    # Deferred mode and runners -----------------------------------------------------
+
+    def test_enqueue_records_pending_without_a_lease(self, store: Store) -> None:
         e = entry(1)
-        claim = store.claim(e, now=T0, lease=LEASE, defer=True)
+        claim = store.enqueue(e)
         assert (claim.status, claim.token) == (ClaimStatus.PENDING, "")
         rec = store.get(e.key)
         assert rec is not None
@@ -321,27 +379,28 @@ class StoreConformance:
             e.body,
             None,
         )
-        assert store.claim(e, now=T0 + 1, lease=LEASE, defer=True).status is ClaimStatus.PENDING
+        assert store.enqueue(e).status is ClaimStatus.PENDING
         assert store.get(e.key).attempts == 0  # type: ignore[union-attr]
 
-    def test_deferred_duplicate_of_a_failed_record_requeues_it(self, store: Store) -> None:
+    def test_enqueued_duplicate_of_a_failed_record_requeues_it(self, store: Store) -> None:
         e = entry(1)
-        claim = store.claim(e, now=T0, lease=LEASE)
-        store.fail(e.key, claim.token, "err", now=T0 + 1)
-        assert store.claim(e, now=T0 + 2, lease=LEASE, defer=True).status is ClaimStatus.PENDING
+        claim = store.claim(e, lease=LEASE)
+        store.fail(e.key, claim.token, "err")
+        assert store.enqueue(e).status is ClaimStatus.PENDING
         assert store.get(e.key).state is State.PENDING  # type: ignore[union-attr]
-        leased = store.lease_pending(now=T0 + 2, lease=LEASE)
+        leased = store.lease_due(lease=LEASE)
         assert [(r.key, c.attempt) for r, c in leased] == [(e.key, 2)]
 
-    def test_deferred_duplicate_of_done_is_done(self, store: Store) -> None:
-        claim = store.claim(entry(1), now=T0, lease=LEASE)
-        store.complete(entry(1).key, claim.token, now=T0)
-        assert store.claim(entry(1), now=T0, lease=LEASE, defer=True).status is ClaimStatus.DONE
+    def test_enqueued_duplicate_of_done_or_running_is_reported(self, store: Store) -> None:
+        claim = store.claim(entry(1), lease=LEASE)
+        assert store.enqueue(entry(1)).status is ClaimStatus.IN_PROGRESS
+        store.complete(entry(1).key, claim.token)
+        assert store.enqueue(entry(1)).status is ClaimStatus.DONE
 
-    def test_lease_pending_leases_each_pending_record_once(self, store: Store) -> None:
+    def test_lease_due_leases_each_pending_record_once(self, store: Store) -> None:
         for n in range(3):
-            store.claim(entry(n), now=T0 + n, lease=LEASE, defer=True)
-        leased = store.lease_pending(now=T0 + 10, lease=LEASE)
+            store.enqueue(entry(n))
+        leased = store.lease_due(lease=LEASE)
         assert sorted(r.key for r, _ in leased) == [entry(n).key for n in range(3)]
         for rec, claim in leased:
             assert (rec.state, rec.attempts, claim.status) == (
@@ -349,44 +408,48 @@ class StoreConformance:
                 1,
                 ClaimStatus.CLAIMED,
             )
-            assert rec.lease_until == pytest.approx(T0 + 10 + LEASE)
             assert rec.body == entry(int(rec.key[1:])).body
         assert len({c.token for _, c in leased}) == 3
-        assert store.lease_pending(now=T0 + 11, lease=LEASE) == []
+        assert store.lease_due(lease=LEASE) == []
         # A leased record's duplicate is in progress, and its token settles it.
-        assert store.claim(entry(0), now=T0 + 12, lease=LEASE).status is ClaimStatus.IN_PROGRESS
+        assert store.claim(entry(0), lease=LEASE).status is ClaimStatus.IN_PROGRESS
         rec, claim = leased[0]
-        assert store.complete(rec.key, claim.token, now=T0 + 13)
+        assert store.complete(rec.key, claim.token)
 
-    def test_lease_pending_respects_the_limit(self, store: Store) -> None:
+    def test_lease_due_respects_the_limit(self, store: Store) -> None:
         for n in range(5):
-            store.claim(entry(n), now=T0, lease=LEASE, defer=True)
-        first = store.lease_pending(now=T0 + 1, lease=LEASE, limit=2)
-        second = store.lease_pending(now=T0 + 1, lease=LEASE, limit=10)
+            store.enqueue(entry(n))
+        first = store.lease_due(lease=LEASE, limit=2)
+        second = store.lease_due(lease=LEASE, limit=10)
         assert len(first) == 2
         assert len(second) == 3
         assert not {r.key for r, _ in first} & {r.key for r, _ in second}
 
-    def test_lease_pending_takes_over_expired_leases(self, store: Store) -> None:
-        inline = store.claim(entry(1), now=T0, lease=LEASE)  # a process died holding it
-        assert store.lease_pending(now=T0 + LEASE - 1, lease=LEASE) == []
-        leased = store.lease_pending(now=T0 + LEASE, lease=LEASE)
+    def test_lease_due_takes_over_abandoned_leases(self, store: Store) -> None:
+        inline = store.claim(entry(1), lease=SHORT)  # a process died holding it
+        assert store.lease_due(lease=LEASE) == []
+        expire()
+        leased = store.lease_due(lease=LEASE)
         assert [(r.key, c.attempt) for r, c in leased] == [(entry(1).key, 2)]
-        assert not store.complete(entry(1).key, inline.token, now=T0 + LEASE + 1)
-        assert store.complete(entry(1).key, leased[0][1].token, now=T0 + LEASE + 1)
+        assert leased[0][0].body == entry(1).body
+        assert not store.complete(entry(1).key, inline.token)
+        assert store.complete(entry(1).key, leased[0][1].token)
 
     def test_concurrent_leasers_never_get_the_same_record(
         self, store: Store, reopen: Reopen
     ) -> None:
         for n in range(40):
-            store.claim(entry(n), now=T0, lease=LEASE, defer=True)
+            store.enqueue(entry(n))
         barrier = threading.Barrier(4)
 
         def lease() -> list[str]:
             mine, other = [], reopen()
             try:
                 barrier.wait(timeout=30)
-                while batch := other.lease_pending(now=T0 + 1, lease=LEASE, limit=3):
+                for _ in range(100):
+                    batch = other.lease_due(lease=LEASE, limit=3)
+                    if not batch and not other.due(3):
+                        break
                     mine += [r.key for r, _ in batch]
             finally:
                 other.close()
@@ -398,87 +461,100 @@ class StoreConformance:
 
     # Retention ---------------------------------------------------------------------
 
-    def test_prune_deletes_only_finished_records_older_than_the_cutoff(self, store: Store) -> None:
-        def settle(n: int, at: float, how: str) -> None:
-            claim = store.claim(entry(n), now=at, lease=LEASE)
+    def test_prune_deletes_only_done_records_older_than_the_cutoff_by_default(
+        self, store: Store
+    ) -> None:
+        def settle(n: int, how: str) -> None:
+            claim = store.claim(entry(n), lease=LEASE)
             if how == "done":
-                store.complete(entry(n).key, claim.token, now=at)
-            elif how != "processing":
-                store.fail(entry(n).key, claim.token, "e", now=at, dead=how == "dead")
+                store.complete(entry(n).key, claim.token)
+            elif how == "failed":
+                store.fail(entry(n).key, claim.token, "e")
+            elif how == "dead":
+                store.bury(entry(n).key, claim.token, "e")
 
-        settle(1, T0, "done")
-        settle(2, T0, "failed")
-        settle(3, T0, "dead")
-        settle(4, T0, "processing")  # old but unfinished: kept
-        store.claim(entry(5), now=T0, lease=LEASE, defer=True)  # old pending: kept
-        settle(6, T0 + 100, "done")  # finished but recent: kept
-        settle(7, T0 + 99, "failed")
-        assert store.prune(T0 + 99) == 3
+        settle(1, "done")
+        settle(2, "failed")
+        settle(3, "dead")
+        settle(4, "processing")  # old but unfinished: kept
+        store.enqueue(entry(5))  # old pending: kept
+        time.sleep(0.3)
+        settle(6, "done")  # finished but recent: kept
+        assert store.prune(0.15) == 1
         assert store.get(entry(1).key) is None
+        assert all(store.get(entry(n).key) is not None for n in (2, 3, 4, 5, 6))
+        assert store.prune(0.15) == 0
+        # Failed and dead records go only when asked for by name.
+        assert store.prune(0.15, (State.FAILED, State.DEAD)) == 2
         assert store.get(entry(2).key) is None
         assert store.get(entry(3).key) is None
-        kept = {n: store.get(entry(n).key) for n in (4, 5, 6, 7)}
-        assert all(rec is not None for rec in kept.values())
-        assert store.prune(T0 + 99) == 0
+        assert store.get(entry(6).key) is not None
         # A pruned delivery is new again: retention bounds how long replays are caught.
-        assert store.claim(entry(1), now=T0 + 200, lease=LEASE).status is ClaimStatus.CLAIMED
+        assert store.claim(entry(1), lease=LEASE).status is ClaimStatus.CLAIMED
 
     def test_records_lists_newest_first_and_filters_by_state(self, store: Store) -> None:
+        claims = {}
         for n in range(4):
-            claim = store.claim(entry(n), now=T0 + n, lease=LEASE)
-            if n % 2:
-                store.complete(entry(n).key, claim.token, now=T0 + 10 + n)
+            claims[n] = store.claim(entry(n), lease=LEASE)
+            time.sleep(0.01)
+        for n in (1, 3):
+            store.complete(entry(n).key, claims[n].token)
+            time.sleep(0.01)
         assert [r.key for r in store.records()] == [entry(n).key for n in (3, 1, 2, 0)]
         assert [r.key for r in store.records(State.DONE)] == [entry(3).key, entry(1).key]
         assert [r.key for r in store.records(State.PROCESSING, limit=1)] == [entry(2).key]
         assert store.records(State.DEAD) == []
 
-    # The failure streak (auto-disable guard) ---------------------------------------
+    # Counters (the endpoint guard) -------------------------------------------------
 
-    def test_record_failure_trips_past_the_limit_then_starts_again(self, store: Store) -> None:
-        assert [store.record_failure(3) for _ in range(8)] == [
-            False,
-            False,
-            False,
-            True,
-            False,
-            False,
-            False,
-            True,
-        ]
+    def test_bump_trips_at_the_limit_then_starts_again(self, store: Store) -> None:
+        assert [store.bump("g", 3) for _ in range(6)] == [False, False, True] * 2
 
-    def test_complete_ends_the_failure_streak(self, store: Store) -> None:
-        store.record_failure(2)
-        store.record_failure(2)
-        claim = store.claim(entry(1), now=T0, lease=LEASE)
-        assert store.complete(entry(1).key, claim.token, now=T0)
-        assert [store.record_failure(2) for _ in range(3)] == [False, False, True]
+    def test_bump_adds_several_at_once(self, store: Store) -> None:
+        assert not store.bump("g", 5, by=3)
+        assert store.bump("g", 5, by=2)
+        assert not store.bump("g", 5)
 
-    def test_failure_streak_is_shared_by_every_instance(self, store: Store, reopen: Reopen) -> None:
+    def test_counters_are_separate_by_name(self, store: Store) -> None:
+        assert not store.bump("a", 2)
+        assert not store.bump("b", 2)
+        assert store.bump("a", 2)
+
+    def test_complete_ends_the_streak_of_its_counter_only(self, store: Store) -> None:
+        store.bump("mine", 3)
+        store.bump("mine", 3)
+        store.bump("theirs", 3)
+        store.bump("theirs", 3)
+        claim = store.claim(entry(1), lease=LEASE)
+        assert store.complete(entry(1).key, claim.token, counter="mine")
+        assert [store.bump("mine", 3) for _ in range(3)] == [False, False, True]
+        assert store.bump("theirs", 3)
+
+    def test_counter_is_shared_by_every_instance(self, store: Store, reopen: Reopen) -> None:
         others = [reopen() for _ in range(3)]
         try:
-            trips = [others[i % 3].record_failure(5) for i in range(12)]
+            trips = [others[i % 3].bump("g", 6) for i in range(12)]
         finally:
             for other in others:
                 other.close()
-        assert trips == [False] * 5 + [True] + [False] * 5 + [True]
+        assert trips == ([False] * 5 + [True]) * 2
 
-    def test_concurrent_failures_trip_exactly_once_per_limit(
+    def test_concurrent_bumps_trip_exactly_once_per_limit(
         self, store: Store, reopen: Reopen
     ) -> None:
         barrier = threading.Barrier(4)
 
-        def fail_many() -> int:
+        def bump_many() -> int:
             other = reopen()
             try:
                 barrier.wait(timeout=30)
-                return sum(other.record_failure(9) for _ in range(10))
+                return sum(other.bump("g", 10) for _ in range(10))
             finally:
                 other.close()
 
         with ThreadPoolExecutor(4) as pool:
-            trips = sum(f.result() for f in [pool.submit(fail_many) for _ in range(4)])
-        assert trips == 4  # 40 failures, a trip at every 10th: the count is atomic
+            trips = sum(f.result() for f in [pool.submit(bump_many) for _ in range(4)])
+        assert trips == 4  # 40 bumps, a trip at every 10th: the count is atomic
 
     # Concurrency -------------------------------------------------------------------
 
@@ -494,38 +570,42 @@ class StoreConformance:
     def test_async_methods_follow_the_same_lifecycle(self, store: Store) -> None:
         async def lifecycle() -> None:
             e, f = entry(1), entry(2)
-            claim = await store.aclaim(e, now=T0, lease=LEASE)
+            claim = await store.aclaim(e, lease=LEASE)
             assert (claim.status, claim.attempt) == (ClaimStatus.CLAIMED, 1)
-            dup = await store.aclaim(e, now=T0 + 1, lease=LEASE)
+            dup = await store.aclaim(e, lease=LEASE)
             assert dup.status is ClaimStatus.IN_PROGRESS
-            assert not await store.acomplete(e.key, "wrong", now=T0 + 1)
-            assert await store.afail(e.key, claim.token, "boom", now=T0 + 1)
-            again = await store.aclaim(e, now=T0 + 2, lease=LEASE)
+            assert await store.arenew(e.key, claim.token, lease=LEASE)
+            assert not await store.acomplete(e.key, "wrong")
+            assert await store.afail(e.key, claim.token, "boom")
+            again = await store.aclaim(e, lease=LEASE)
             assert again.attempt == 2
-            assert await store.acomplete(e.key, again.token, now=T0 + 3)
-            assert (await store.aclaim(e, now=T0 + 4, lease=LEASE)).status is ClaimStatus.DONE
+            assert await store.acomplete(e.key, again.token)
+            assert (await store.aclaim(e, lease=LEASE)).status is ClaimStatus.DONE
 
-            queued = await store.aclaim(f, now=T0, lease=LEASE, defer=True)
-            assert queued.status is ClaimStatus.PENDING
-            leased = await store.alease_pending(now=T0 + 1, lease=LEASE)
+            assert (await store.aenqueue(f)).status is ClaimStatus.PENDING
+            leased = await store.alease_due(lease=LEASE)
             assert [r.key for r, _ in leased] == [f.key]
             token = leased[0][1].token
-            assert await store.afail(f.key, token, "again", now=T0 + 2, retry_at=T0 + 9)
-            assert await store.alease_pending(now=T0 + 8, lease=LEASE) == []
-            assert len(await store.alease_pending(now=T0 + 9, lease=LEASE)) == 1
+            assert await store.aretry(f.key, token, "again", delay=SHORT)
+            assert await store.alease_due(lease=LEASE) == []
+            await asyncio.sleep(SHORT + 0.15)
+            leased = await store.alease_due(lease=LEASE)
+            assert len(leased) == 1
+            assert not await store.abury(f.key, token, "stale token")
+            assert await store.abury(f.key, leased[0][1].token, "dead")
 
-            assert [await store.arecord_failure(1) for _ in range(2)] == [False, True]
-            assert await store.aprune(T0 + 100) == 1  # e is done; f is processing
+            assert [await store.abump("g", 2) for _ in range(2)] == [False, True]
+            assert await store.aprune(0) == 1  # e is done; f is dead
 
         run_async(store, lifecycle)
         assert store.get(entry(1).key) is None
-        assert store.get(entry(2).key).state is State.PROCESSING  # type: ignore[union-attr]
+        assert store.get(entry(2).key).state is State.DEAD  # type: ignore[union-attr]
 
     def test_async_claims_race_to_exactly_one_claim(self, store: Store) -> None:
         async def race() -> list[list[ClaimStatus]]:
             rounds = []
             for n in range(10):
-                claims = [store.aclaim(entry(n), now=T0, lease=LEASE) for _ in range(8)]
+                claims = [store.aclaim(entry(n), lease=LEASE) for _ in range(8)]
                 rounds.append([c.status for c in await asyncio.gather(*claims)])
             return rounds
 
@@ -549,7 +629,7 @@ class MultiProcessConformance:
         self, store: Store, reopen: Reopen
     ) -> None:
         for n in range(60):
-            store.claim(entry(n), now=T0, lease=LEASE, defer=True)
+            store.enqueue(entry(n))
         ctx = multiprocessing.get_context("fork")
         barrier, queue = ctx.Barrier(3), ctx.SimpleQueue()
 
@@ -558,7 +638,10 @@ class MultiProcessConformance:
             other = reopen()
             try:
                 barrier.wait(timeout=30)
-                while batch := other.lease_pending(now=T0 + 1, lease=LEASE, limit=4):
+                for _ in range(200):
+                    batch = other.lease_due(lease=LEASE, limit=4)
+                    if not batch and not other.due(4):
+                        break
                     mine += [r.key for r, _ in batch]
                 queue.put(mine)
             except BaseException as exc:
@@ -576,17 +659,48 @@ class MultiProcessConformance:
         assert sorted(k for keys in got for k in keys) == sorted(entry(n).key for n in range(60))
 
     @pytest.mark.slow
+    def test_a_lease_renewed_by_one_process_holds_against_another(
+        self, store: Store, reopen: Reopen
+    ) -> None:
+        claim = store.claim(entry(1), lease=SHORT)
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.SimpleQueue()
+
+        def rival() -> None:
+            other = reopen()
+            try:
+                seen = []
+                for _ in range(4):
+                    time.sleep(SHORT / 2)
+                    seen.append(other.claim(entry(1), lease=LEASE).status.value)
+                queue.put(seen)
+            except BaseException as exc:
+                queue.put(repr(exc))
+            finally:
+                other.close()
+
+        proc = ctx.Process(target=rival)
+        proc.start()
+        for _ in range(8):
+            time.sleep(SHORT / 4)
+            assert store.renew(entry(1).key, claim.token, lease=SHORT)
+        seen = queue.get()
+        proc.join(timeout=30)
+        assert seen == ["in_progress"] * 4
+        assert store.complete(entry(1).key, claim.token)
+
+    @pytest.mark.slow
     def test_a_forked_child_uses_a_store_its_parent_had_opened(
         self, store: Store, reopen: Reopen
     ) -> None:
-        claim = store.claim(entry(1), now=T0, lease=LEASE)  # the parent's connections are live
+        claim = store.claim(entry(1), lease=LEASE)  # the parent's connections are live
         ctx = multiprocessing.get_context("fork")
         queue = ctx.SimpleQueue()
 
         def child() -> None:
             try:
-                done = store.complete(entry(1).key, claim.token, now=T0 + 1)
-                again = store.claim(entry(2), now=T0 + 1, lease=LEASE).status.value
+                done = store.complete(entry(1).key, claim.token)
+                again = store.claim(entry(2), lease=LEASE).status.value
                 queue.put((done, again))
             except BaseException as exc:
                 queue.put(("error", repr(exc)))
@@ -597,8 +711,8 @@ class MultiProcessConformance:
         proc.join(timeout=30)
         assert result == (True, "claimed")
         # The parent's own connections survived the child's exit.
-        assert store.claim(entry(1), now=T0 + 2, lease=LEASE).status is ClaimStatus.DONE
-        assert store.claim(entry(2), now=T0 + 2, lease=LEASE).status is ClaimStatus.IN_PROGRESS
+        assert store.claim(entry(1), lease=LEASE).status is ClaimStatus.DONE
+        assert store.claim(entry(2), lease=LEASE).status is ClaimStatus.IN_PROGRESS
 
 
 class TransactionalConformance:
@@ -607,10 +721,10 @@ class TransactionalConformance:
     def test_handler_write_and_done_mark_commit_together(
         self, store: Store, effects: Effects
     ) -> None:
-        claim = store.claim(entry(1), now=T0, lease=LEASE)
+        claim = store.claim(entry(1), lease=LEASE)
         with store.transaction() as tx:
             effects.write(tx, "one")
-            assert store.complete(entry(1).key, claim.token, now=T0 + 1)
+            assert store.complete(entry(1).key, claim.token)
             # Not visible outside the transaction yet: the done mark waits for commit.
             assert effects.rows() == []
         assert effects.rows() == ["one"]
@@ -619,12 +733,12 @@ class TransactionalConformance:
     def test_handler_error_rolls_back_its_write_and_the_done_mark(
         self, store: Store, effects: Effects
     ) -> None:
-        claim = store.claim(entry(1), now=T0, lease=LEASE)
+        claim = store.claim(entry(1), lease=LEASE)
 
         def handler_then_error() -> None:
             with store.transaction() as tx:
                 effects.write(tx, "lost")
-                assert store.complete(entry(1).key, claim.token, now=T0 + 1)
+                assert store.complete(entry(1).key, claim.token)
                 raise RuntimeError("handler broke")
 
         with pytest.raises(RuntimeError, match="handler broke"):
@@ -633,23 +747,55 @@ class TransactionalConformance:
         rec = store.get(entry(1).key)
         assert rec is not None
         assert rec.state is State.PROCESSING  # still leased: fail() settles it next
-        assert store.fail(entry(1).key, claim.token, "RuntimeError", now=T0 + 2)
+        assert store.fail(entry(1).key, claim.token, "RuntimeError")
 
     def test_lost_lease_inside_the_transaction_rolls_the_write_back(
         self, store: Store, effects: Effects
     ) -> None:
-        stale = store.claim(entry(1), now=T0, lease=LEASE)
-        store.claim(entry(1), now=T0 + LEASE, lease=LEASE)  # another copy took over
+        stale = store.claim(entry(1), lease=SHORT)
+        expire()
+        store.claim(entry(1), lease=LEASE)  # another copy took over
 
         def late_handler() -> None:
             with store.transaction() as tx:
                 effects.write(tx, "duplicate effect")
-                if not store.complete(entry(1).key, stale.token, now=T0 + LEASE + 1):
+                if not store.complete(entry(1).key, stale.token):
                     raise LookupError("lease lost")  # what the receiver does (LeaseLost)
 
         with pytest.raises(LookupError):
             late_handler()
         assert effects.rows() == []
+
+    def test_renewal_from_another_thread_while_the_transaction_is_open(
+        self, store: Store, effects: Effects, reopen: Reopen
+    ) -> None:
+        claim = store.claim(entry(1), lease=SHORT)
+        renewer = reopen()
+        try:
+            with store.transaction() as tx:
+                effects.write(tx, "slow")
+                for _ in range(3):  # the handler outlives its first lease
+                    time.sleep(SHORT / 2)
+                    with ThreadPoolExecutor(1) as pool:
+                        renewed = pool.submit(
+                            renewer.renew, entry(1).key, claim.token, lease=SHORT
+                        ).result(timeout=10)
+                    assert renewed
+                assert store.complete(entry(1).key, claim.token)
+        finally:
+            renewer.close()
+        assert effects.rows() == ["slow"]
+
+    def test_check_transaction_blames_the_handler_for_its_own_sql_error(
+        self, store: Store, effects: Effects
+    ) -> None:
+        store.claim(entry(1), lease=LEASE)
+        with pytest.raises(Exception) as caught, store.transaction() as tx:
+            effects.break_transaction(tx)  # a handler that caught its own SQL error
+            store.check_transaction(tx)
+        from gptimg_webhooks import StoreUnavailable
+
+        assert not isinstance(caught.value, StoreUnavailable)
 
 
 class AsyncTransactionalConformance:
@@ -659,16 +805,16 @@ class AsyncTransactionalConformance:
         self, store: Store, effects: Effects
     ) -> None:
         async def both() -> None:
-            ok = await store.aclaim(entry(1), now=T0, lease=LEASE)
+            ok = await store.aclaim(entry(1), lease=LEASE)
             async with store.atransaction() as tx:
                 await effects.awrite(tx, "kept")
-                assert await store.acomplete(entry(1).key, ok.token, now=T0 + 1)
-            bad = await store.aclaim(entry(2), now=T0, lease=LEASE)
+                assert await store.acomplete(entry(1).key, ok.token)
+            bad = await store.aclaim(entry(2), lease=LEASE)
 
             async def handler_then_error() -> None:
                 async with store.atransaction() as tx:
                     await effects.awrite(tx, "dropped")
-                    assert await store.acomplete(entry(2).key, bad.token, now=T0 + 1)
+                    assert await store.acomplete(entry(2).key, bad.token)
                     raise RuntimeError("handler broke")
 
             with pytest.raises(RuntimeError, match="handler broke"):

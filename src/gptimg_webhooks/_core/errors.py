@@ -16,6 +16,7 @@
     ├── DeliveryInProgress             409  delivery_in_progress
     │   └── LeaseLost                  409  lease_lost
     ├── HandlerFailed                  500  handler_failed
+    │   └── TransactionAborted         500  handler_failed (the handler's own SQL failed)
     └── StoreUnavailable               503  store_unavailable (with Retry-After)
 """
 
@@ -37,6 +38,7 @@ __all__ = [
     "RequestRejected",
     "StaleEvent",
     "StoreUnavailable",
+    "TransactionAborted",
     "UnsupportedEncoding",
     "WebhookError",
 ]
@@ -134,6 +136,13 @@ class HandlerFailed(WebhookError):
     """A handler raised; the record is kept as failed for retry or replay."""
 
     code = "handler_failed"
+
+
+class TransactionAborted(HandlerFailed):
+    """A handler left the ledger's transaction unusable (it caught its own SQL error).
+
+    The handler's failure, not the store's: rolled back and recorded as failed.
+    """
 
 
 class StoreUnavailable(WebhookError):

@@ -1,19 +1,28 @@
-"""The delivery ledger contract that every store implements.
+"""The delivery ledger: its state machine, written once as data, and the store contract.
 
 A record is keyed by the SHA-256 of the signed body, not by the unsigned delivery id,
 so a retry (same id) and a replay (same body, fresh id) are the same record.
 
 States::
 
-    pending ──lease──▶ processing ──▶ done
-       ▲                   │  │
-       │     (lease expiry)┘  └──▶ failed ──(attempts exhausted)──▶ dead
-       └──────────── replay ───────────┘
+    (new) ─claim──────▶ processing ──complete──▶ done
+      │                  ▲   │  │
+      │     lease/rerun ─┘   │  ├──fail──▶ failed ──claim/rerun──▶ processing
+      │                      │  ├──retry─▶ pending ──lease──▶ processing
+      └─enqueue─▶ pending    │  └──bury──▶ dead ──replay/rerun──▶ ...
+                             └──(lease runs out: claim or lease takes it over)
 
-A claim either takes the lease (``CLAIMED``, with a fencing token and the attempt
-number) or reports why not. ``complete`` and ``fail`` only act while the caller's token
-still holds the lease, so a worker that lost its lease cannot mark a record it no longer
-owns.
+:data:`TRANSITIONS` is the whole machine: for each named operation, the rows it may act
+on (:class:`Source`) and what it makes of them. A backend implements only the atomic
+primitive :meth:`Store.apply` (compare-and-set of one row against a transition, with the
+store's own clock), a handful of queries, and nothing about states: the named operations
+(:meth:`Store.claim`, :meth:`Store.complete`, ...) and the meaning of a refusal
+(:func:`claim_status`) live here, once.
+
+Leases are fenced: an operation from a runner (``HELD``) acts only while the caller's
+token still holds the record, so a runner that lost its lease cannot settle a record it
+no longer owns. Lease deadlines and expiry are judged by the store's clock, so no host's
+clock can break a lease.
 """
 
 from __future__ import annotations
@@ -21,12 +30,35 @@ from __future__ import annotations
 import asyncio
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["Claim", "ClaimStatus", "Entry", "Record", "State", "Store"]
+__all__ = [
+    "BURY",
+    "CLAIM",
+    "COMPLETE",
+    "ENQUEUE",
+    "FAIL",
+    "FINISHED",
+    "LEASE",
+    "RENEW",
+    "REPLAY",
+    "RERUN",
+    "RETRY",
+    "TRANSITIONS",
+    "Applied",
+    "Claim",
+    "ClaimStatus",
+    "Entry",
+    "Record",
+    "Source",
+    "State",
+    "Store",
+    "Transition",
+    "claim_status",
+]
 
 
 class State(str, enum.Enum):
@@ -39,14 +71,105 @@ class State(str, enum.Enum):
     DEAD = "dead"
 
 
+#: States a record is settled in; retention applies to these.
+FINISHED = (State.DONE, State.FAILED, State.DEAD)
+
+
+class Source(str, enum.Enum):
+    """What a row must be for a transition to act on it."""
+
+    ABSENT = "absent"  # no record yet: the transition inserts one
+    DUE = "due"  # pending, and its available_at (if any) has come
+    EXPIRED = "expired"  # processing, its lease run out by the store's clock
+    HELD = "held"  # processing under the caller's fencing token
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One named operation of the state machine."""
+
+    name: str
+    sources: frozenset[Source]
+    target: State
+    #: Take a new lease: fresh token, lease_until = store now + lease, attempts + 1.
+    lease: bool = False
+    #: Extend the caller's lease: lease_until = store now + lease, same token.
+    extend: bool = False
+    #: Store the caller's error text.
+    error: bool = False
+    #: Leasable again only from store now + delay (retry backoff).
+    delay: bool = False
+    #: Drop the body and the error (the record is done: nothing left to replay).
+    clear: bool = False
+    #: Reset the caller's failure streak counter along with it.
+    ends_streak: bool = False
+    #: Answer with the whole record (runners need the body and attempt).
+    returns_record: bool = False
+
+    @property
+    def inserts(self) -> bool:
+        return Source.ABSENT in self.sources
+
+
+def _t(name: str, sources: Collection[Source], target: State, **flags: bool) -> Transition:
+    return Transition(name, frozenset(sources), target, **flags)
+
+
+S = Source
+#: A verified delivery arrives in inline mode: run it now.
+CLAIM = _t("claim", {S.ABSENT, S.FAILED, S.EXPIRED}, State.PROCESSING, lease=True)
+#: A verified delivery arrives in deferred mode: queue it for a runner.
+ENQUEUE = _t("enqueue", {S.ABSENT, S.FAILED}, State.PENDING)
+#: A runner (worker, recovery sweep) takes a due or abandoned record.
+LEASE = _t("lease", {S.DUE, S.EXPIRED}, State.PROCESSING, lease=True, returns_record=True)
+#: Run a failed or dead record again now (local replay).
+RERUN = _t("rerun", {S.FAILED, S.DEAD}, State.PROCESSING, lease=True, returns_record=True)
+#: The runner is alive: push its lease's end out.
+RENEW = _t("renew", {S.HELD}, State.PROCESSING, extend=True)
+COMPLETE = _t("complete", {S.HELD}, State.DONE, clear=True, ends_streak=True)
+#: Failed; the provider's retry (or a rerun) claims it again.
+FAIL = _t("fail", {S.HELD}, State.FAILED, error=True)
+#: Failed; a runner leases it again after a delay.
+RETRY = _t("retry", {S.HELD}, State.PENDING, error=True, delay=True)
+#: Out of attempts: kept with its body until someone replays it.
+BURY = _t("bury", {S.HELD}, State.DEAD, error=True)
+#: Put a failed or dead record back in the queue.
+REPLAY = _t("replay", {S.FAILED, S.DEAD}, State.PENDING)
+del S
+
+TRANSITIONS: dict[str, Transition] = {
+    t.name: t
+    for t in (CLAIM, ENQUEUE, LEASE, RERUN, RENEW, COMPLETE, FAIL, RETRY, BURY, REPLAY)
+}
+
+
 class ClaimStatus(enum.Enum):
-    """The outcome of a claim."""
+    """The outcome of a claim or an enqueue."""
 
     CLAIMED = "claimed"  # caller holds the lease and runs the handlers
     DONE = "done"  # already processed: a duplicate
-    IN_PROGRESS = "in_progress"  # another copy holds a live lease
-    PENDING = "pending"  # recorded for deferred processing, not leased
-    DEAD = "dead"  # out of attempts; replay it locally
+    IN_PROGRESS = "in_progress"  # another runner holds a live lease
+    PENDING = "pending"  # queued for a runner, not leased
+    DEAD = "dead"  # out of attempts; replay it
+
+
+_REFUSED = {
+    State.DONE: ClaimStatus.DONE,
+    State.DEAD: ClaimStatus.DEAD,
+    State.PENDING: ClaimStatus.PENDING,
+    State.PROCESSING: ClaimStatus.IN_PROGRESS,
+}
+
+
+def claim_status(found: State | None) -> ClaimStatus | None:
+    """Say what a refused claim or enqueue means, from the state the store found.
+
+    None: the record changed between the attempt and the look (failed or pruned in
+    between), so the caller tries again.
+    """
+    return None if found is None else _REFUSED.get(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,62 +232,73 @@ class Record:
         )
 
 
-class Store(ABC):
-    """A ledger backend. Implement the sync methods; async ones default to a thread.
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What :meth:`Store.apply` did.
 
-    Stores backed by network clients override the ``a*`` methods with native async
-    calls. Every method raises :class:`~gptimg_webhooks.StoreUnavailable` when the
-    backend cannot be reached, and nothing else for I/O trouble.
+    ``ok``: the row matched one of the transition's sources and was changed; then
+    ``attempts`` and ``token`` are the record's new ones (and ``record`` the whole row
+    when the transition asks for it). Refused: ``found`` is the state the row was in
+    (None when there is no row).
+    """
+
+    ok: bool
+    found: State | None = None
+    attempts: int = 0
+    token: str = ""
+    record: Record | None = None
+
+
+class Store(ABC):
+    """A ledger backend: atomic primitives; the states are :data:`TRANSITIONS`' business.
+
+    Implement :meth:`apply`, :meth:`due`, :meth:`get`, :meth:`records`, :meth:`prune`
+    and :meth:`bump`; the async ``a*`` twins default to a worker thread, and stores with
+    native async clients override them. Every method raises
+    :class:`~gptimg_webhooks.StoreUnavailable` when the backend cannot be reached, and
+    nothing else for I/O trouble.
     """
 
     #: URL schemes this store is chosen by.
     schemes: tuple[str, ...] = ()
     #: True when state is shared by every process that opens the same URL.
     shared: bool = True
-    #: True when :meth:`transaction` gives handlers a real transaction that
-    #: :meth:`complete` joins: handler writes and the done mark commit together.
+    #: True when :meth:`transaction` gives handlers a real transaction that the done
+    #: mark joins: handler writes and the done mark commit together.
     transactional: bool = False
     #: True when :meth:`atransaction` is native; else the async driver runs the handlers
-    #: and ``complete`` of a transactional store in one worker thread.
+    #: and the done mark of a transactional store in one worker thread.
     async_transactions: bool = False
     #: True when the ``a*`` methods never wait on a thread (native async, or no I/O).
-    #: Else the async driver hands a claimed delivery whose handlers are all sync to one
-    #: worker thread: claim, handlers and done mark cost one thread hop, not one each.
     native_async: bool = False
+    #: True when lease deadlines come from the store server's own clock.
+    server_time: bool = False
+
+    # Primitives ------------------------------------------------------------------
 
     @abstractmethod
-    def claim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
-        """Record ``entry`` and take its lease, atomically.
-
-        New records and failed ones (or processing ones whose lease expired) are
-        claimed: the attempt count grows by one. With ``defer`` a new record is left
-        ``PENDING`` for workers instead, and a failed one goes back to pending.
-        """
-
-    @abstractmethod
-    def complete(self, key: str, token: str, *, now: float) -> bool:
-        """Mark done while ``token`` holds the lease, and end the failure streak.
-
-        Return whether it did.
-        """
-
-    @abstractmethod
-    def fail(
+    def apply(
         self,
+        transition: Transition,
         key: str,
-        token: str,
-        error: str,
         *,
-        now: float,
-        dead: bool = False,
-        retry_at: float | None = None,
-    ) -> bool:
-        """Settle a failed run while ``token`` holds the lease; keep the body and error.
+        entry: Entry | None = None,
+        token: str = "",
+        lease: float = 0.0,
+        error: str | None = None,
+        delay: float = 0.0,
+        counter: str = "",
+    ) -> Applied:
+        """Apply ``transition`` to record ``key`` if, atomically, it is in one of its sources.
 
-        The record becomes ``FAILED`` (a provider retry may claim it again), ``DEAD``
-        with ``dead`` (out of attempts: only a replay revives it), or ``PENDING`` with
-        ``retry_at`` (deferred mode: a worker leases it again from that time).
+        ``entry`` fills a new row (transitions that insert); ``token`` is the caller's
+        for ``HELD``; ``lease`` and ``delay`` are seconds from the store's now;
+        ``counter`` names the failure streak a transition with ``ends_streak`` resets.
         """
+
+    @abstractmethod
+    def due(self, limit: int) -> Sequence[str]:
+        """Return up to ``limit`` keys a runner may lease now (``DUE`` or ``EXPIRED``), oldest first."""
 
     @abstractmethod
     def get(self, key: str) -> Record | None:
@@ -175,34 +309,21 @@ class Store(ABC):
         """Return records, newest first, optionally of one state."""
 
     @abstractmethod
-    def replay(self, key: str, *, now: float) -> bool:
-        """Put a failed or dead record back to pending, available now; return whether it did."""
+    def prune(self, older_than: float, states: Collection[State] = (State.DONE,)) -> int:
+        """Delete records in ``states`` untouched for ``older_than`` seconds; return how many.
 
-    @abstractmethod
-    def prune(self, before: float) -> int:
-        """Delete finished records last touched before ``before``; return how many."""
-
-    @abstractmethod
-    def record_failure(self, limit: int) -> bool:
-        """Count one more consecutive handler failure, shared by every process.
-
-        When the count would pass ``limit``, reset it and return True: the receiver
-        then answers 2xx so the provider's own count of consecutive failures (which
-        disables the endpoint at 8) starts again. ``complete`` also resets it.
+        Batched, so no statement holds the store for long.
         """
 
-    def lease_pending(
-        self, *, now: float, lease: float, limit: int = 10
-    ) -> Sequence[tuple[Record, Claim]]:
-        """Lease up to ``limit`` pending (or expired) records for a worker."""
-        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+    @abstractmethod
+    def bump(self, counter: str, limit: int, by: int = 1) -> bool:
+        """Add ``by`` to a shared counter; at ``limit`` or more reset it and return True."""
 
     def transaction(self) -> AbstractContextManager[Any]:
-        """Open the unit of work around handlers and ``complete``; yields ``delivery.transaction``.
+        """Open the unit of work around handlers and the done mark; yields ``delivery.transaction``.
 
         A transactional store commits the handlers' own writes and the done mark
-        together, and rolls both back when a handler raises or ``complete`` finds the
-        lease lost. The default is no transaction (``None``).
+        together, and rolls both back when a handler raises or the lease was lost.
         """
         return nullcontext()
 
@@ -210,40 +331,58 @@ class Store(ABC):
         """Async twin of :meth:`transaction`."""
         return nullcontext()
 
+    def check_transaction(self, tx: Any) -> None:  # noqa: B027 - optional hook
+        """Raise if the handlers left ``tx`` unusable (an SQL error they caught).
+
+        The error is the handlers': the receiver treats it as a handler failure, never
+        as the store being unavailable.
+        """
+
+    def run_async(self, coro: Any) -> Any:
+        """Run an async handler's coroutine from the thread that holds :meth:`transaction`.
+
+        Stores whose transactions belong to a thread (Django) override this so that
+        the handler's database calls join that thread's transaction.
+        """
+        from .receiver import run_coroutine
+
+        return run_coroutine(coro)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
-    # Async variants: a thread by default, so a blocking driver never stalls the loop.
-    async def aclaim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
-        return await asyncio.to_thread(self.claim, entry, now=now, lease=lease, defer=defer)
-
-    async def acomplete(self, key: str, token: str, *, now: float) -> bool:
-        return await asyncio.to_thread(self.complete, key, token, now=now)
-
-    async def afail(
+    async def aapply(
         self,
+        transition: Transition,
         key: str,
-        token: str,
-        error: str,
         *,
-        now: float,
-        dead: bool = False,
-        retry_at: float | None = None,
-    ) -> bool:
+        entry: Entry | None = None,
+        token: str = "",
+        lease: float = 0.0,
+        error: str | None = None,
+        delay: float = 0.0,
+        counter: str = "",
+    ) -> Applied:
         return await asyncio.to_thread(
-            self.fail, key, token, error, now=now, dead=dead, retry_at=retry_at
+            self.apply,
+            transition,
+            key,
+            entry=entry,
+            token=token,
+            lease=lease,
+            error=error,
+            delay=delay,
+            counter=counter,
         )
 
-    async def alease_pending(
-        self, *, now: float, lease: float, limit: int = 10
-    ) -> Sequence[tuple[Record, Claim]]:
-        return await asyncio.to_thread(self.lease_pending, now=now, lease=lease, limit=limit)
+    async def adue(self, limit: int) -> Sequence[str]:
+        return await asyncio.to_thread(self.due, limit)
 
-    async def arecord_failure(self, limit: int) -> bool:
-        return await asyncio.to_thread(self.record_failure, limit)
+    async def abump(self, counter: str, limit: int, by: int = 1) -> bool:
+        return await asyncio.to_thread(self.bump, counter, limit, by)
 
-    async def aprune(self, before: float) -> int:
-        return await asyncio.to_thread(self.prune, before)
+    async def aprune(self, older_than: float, states: Collection[State] = (State.DONE,)) -> int:
+        return await asyncio.to_thread(self.prune, older_than, states)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -253,3 +392,144 @@ class Store(ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    # Named operations: the machine's vocabulary, for every backend -----------------
+
+    def claim(self, entry: Entry, *, lease: float) -> Claim:
+        """Record ``entry`` and take its lease (inline mode)."""
+        return self._arrive(CLAIM, entry, lease)
+
+    def enqueue(self, entry: Entry) -> Claim:
+        """Record ``entry`` for a runner (deferred mode); CLAIMED never comes back."""
+        return self._arrive(ENQUEUE, entry, 0.0)
+
+    def _arrive(self, transition: Transition, entry: Entry, lease: float) -> Claim:
+        for _ in range(3):  # the row may change between the attempt and the look
+            done = self.apply(transition, entry.key, entry=entry, lease=lease)
+            claim = _claim(transition, done)
+            if claim is not None:
+                return claim
+        return Claim(ClaimStatus.IN_PROGRESS)
+
+    def lease_due(self, *, lease: float, limit: int = 10) -> list[tuple[Record, Claim]]:
+        """Lease up to ``limit`` due or abandoned records for a runner."""
+        leased = []
+        for key in self.due(limit) if limit > 0 else ():
+            done = self.apply(LEASE, key, lease=lease)
+            if done.ok and done.record is not None:  # another runner may have won it
+                leased.append((done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)))
+        return leased
+
+    def rerun(self, key: str, *, lease: float) -> tuple[Record, Claim] | None:
+        """Lease a failed or dead record to run it now; None when it is neither."""
+        done = self.apply(RERUN, key, lease=lease)
+        if not done.ok or done.record is None:
+            return None
+        return done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)
+
+    def renew(self, key: str, token: str, *, lease: float) -> bool:
+        """Extend the lease ``token`` holds; False when it was lost."""
+        return self.apply(RENEW, key, token=token, lease=lease).ok
+
+    def complete(self, key: str, token: str, *, counter: str = "") -> bool:
+        """Mark done while ``token`` holds the lease, ending ``counter``'s streak."""
+        return self.apply(COMPLETE, key, token=token, counter=counter).ok
+
+    def fail(self, key: str, token: str, error: str) -> bool:
+        """Settle a failed run; a provider retry or a rerun claims it again."""
+        return self.apply(FAIL, key, token=token, error=error).ok
+
+    def retry(self, key: str, token: str, error: str, *, delay: float) -> bool:
+        """Settle a failed run as pending again from ``delay`` seconds on."""
+        return self.apply(RETRY, key, token=token, error=error, delay=delay).ok
+
+    def bury(self, key: str, token: str, error: str) -> bool:
+        """Settle a failed run as dead: out of attempts, kept for replay."""
+        return self.apply(BURY, key, token=token, error=error).ok
+
+    def replay(self, key: str) -> bool:
+        """Put a failed or dead record back to pending; return whether it was one."""
+        return self.apply(REPLAY, key).ok
+
+    # Async twins of the named operations -----------------------------------------
+
+    async def aclaim(self, entry: Entry, *, lease: float) -> Claim:
+        return await self._aarrive(CLAIM, entry, lease)
+
+    async def aenqueue(self, entry: Entry) -> Claim:
+        return await self._aarrive(ENQUEUE, entry, 0.0)
+
+    async def _aarrive(self, transition: Transition, entry: Entry, lease: float) -> Claim:
+        for _ in range(3):
+            done = await self.aapply(transition, entry.key, entry=entry, lease=lease)
+            claim = _claim(transition, done)
+            if claim is not None:
+                return claim
+        return Claim(ClaimStatus.IN_PROGRESS)
+
+    async def alease_due(self, *, lease: float, limit: int = 10) -> list[tuple[Record, Claim]]:
+        leased = []
+        for key in await self.adue(limit) if limit > 0 else ():
+            done = await self.aapply(LEASE, key, lease=lease)
+            if done.ok and done.record is not None:
+                leased.append((done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)))
+        return leased
+
+    async def arenew(self, key: str, token: str, *, lease: float) -> bool:
+        return (await self.aapply(RENEW, key, token=token, lease=lease)).ok
+
+    async def acomplete(self, key: str, token: str, *, counter: str = "") -> bool:
+        return (await self.aapply(COMPLETE, key, token=token, counter=counter)).ok
+
+    async def afail(self, key: str, token: str, error: str) -> bool:
+        return (await self.aapply(FAIL, key, token=token, error=error)).ok
+
+    async def aretry(self, key: str, token: str, error: str, *, delay: float) -> bool:
+        return (await self.aapply(RETRY, key, token=token, error=error, delay=delay)).ok
+
+    async def abury(self, key: str, token: str, error: str) -> bool:
+        return (await self.aapply(BURY, key, token=token, error=error)).ok
+
+
+def _claim(transition: Transition, done: Applied) -> Claim | None:
+    if done.ok:
+        if transition.lease:
+            return Claim(ClaimStatus.CLAIMED, done.attempts, done.token)
+        return Claim(ClaimStatus.PENDING)
+    status = claim_status(done.found)
+    return None if status is None else Claim(status)
+
+
+def admits(
+    transition: Transition,
+    state: State | None,
+    *,
+    now: float,
+    lease_until: float | None,
+    available_at: float | None,
+    held_by: str | None,
+    token: str,
+) -> bool:
+    """Tell whether a row matches one of ``transition``'s sources (for stores in Python).
+
+    SQL and Lua stores express the same test in their own language, generated from a
+    transition's sources with the same meanings.
+    """
+    for source in transition.sources:
+        if source is Source.ABSENT:
+            if state is None:
+                return True
+        elif state is None:
+            continue
+        elif source is Source.DUE:
+            if state is State.PENDING and (available_at is None or available_at <= now):
+                return True
+        elif source is Source.EXPIRED:
+            if state is State.PROCESSING and (lease_until or 0.0) <= now:
+                return True
+        elif source is Source.HELD:
+            if state is State.PROCESSING and token and held_by == token:
+                return True
+        elif state.value == source.value:
+            return True
+    return False

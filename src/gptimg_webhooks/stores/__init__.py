@@ -52,8 +52,12 @@ def register_scheme(scheme: str, target: str) -> None:
     _SCHEMES[scheme] = target
 
 
-def open_store(url: str) -> Store:
-    """Open the store a URL names; the class's ``from_url`` parses the rest."""
+def open_store(url: str, *, create: bool = True) -> Store:
+    """Open the store a URL names; the class's ``from_url`` parses the rest.
+
+    With ``create=False`` (read-only tools) a store never creates files, folders or
+    tables: a ledger that does not exist yet is :class:`StoreUnavailable`.
+    """
     scheme = urlsplit(url).scheme
     target = _SCHEMES.get(scheme)
     if target is None:
@@ -68,5 +72,10 @@ def open_store(url: str) -> Store:
             f"pip install 'gptimg-webhooks[{_EXTRAS.get(scheme, scheme)}]' ({exc})"
         ) from exc
     cls = getattr(module, cls_name)
-    store: Store = cls.from_url(url)
+    try:
+        store: Store = cls.from_url(url, create=create)
+    except ValueError as exc:
+        if isinstance(exc, ConfigurationError):
+            raise
+        raise ConfigurationError(f"bad {scheme}:// store URL: {exc}") from exc
     return store

@@ -9,16 +9,24 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from .._core.errors import ConfigurationError
-from .._core.ledger import Claim, ClaimStatus, Entry, Record, State, Store
+from .._core.ledger import (
+    FINISHED,
+    Applied,
+    Entry,
+    Record,
+    State,
+    Store,
+    Transition,
+    admits,
+)
 
-__all__ = ["MemoryStore"]
-
-_FINISHED = (State.DONE, State.FAILED, State.DEAD)
+__all__ = ["MemoryStore", "new_token"]
 
 
 def new_token() -> str:
@@ -49,9 +57,9 @@ class _Row:
         "updated_at",
     )
 
-    def __init__(self, entry: Entry, state: State, now: float) -> None:
+    def __init__(self, entry: Entry, now: float) -> None:
         self.key = entry.key
-        self.state = state
+        self.state = State.PENDING
         self.delivery_id = entry.delivery_id
         self.event = entry.event
         self.generation_id = entry.generation_id
@@ -63,27 +71,6 @@ class _Row:
         self.lease_until: float | None = None
         self.available_at: float | None = None
         self.token: str | None = None
-
-    def take(self, now: float, lease: float) -> Claim:
-        self.state = State.PROCESSING
-        self.attempts += 1
-        self.lease_until = now + lease
-        self.available_at = None
-        self.updated_at = now
-        self.token = token = f"{next(_local_tokens):x}"
-        return Claim(ClaimStatus.CLAIMED, self.attempts, token)
-
-    def settle(
-        self, state: State, now: float, error: str | None, available_at: float | None
-    ) -> None:
-        self.state = state
-        self.token = None
-        self.lease_until = None
-        self.error = error
-        self.available_at = available_at
-        self.updated_at = now
-        if state is State.DONE:
-            self.body = None
 
     def record(self) -> Record:
         return Record(
@@ -103,46 +90,88 @@ class _Row:
 
 
 class MemoryStore(Store):
-    """Keep records in a dict, evicting the oldest finished ones past ``max_records``."""
+    """Keep records in a dict, evicting the oldest finished ones past ``max_records``.
+
+    ``clock`` is the store's clock (``time.time``); tests pass their own to move time.
+    """
 
     schemes = ("memory",)
     shared = False
     native_async = True
 
-    def __init__(self, max_records: int = 100_000) -> None:
+    def __init__(
+        self, max_records: int = 100_000, *, clock: Callable[[], float] = time.time
+    ) -> None:
         if max_records < 1:
             raise ConfigurationError("max_records must be at least 1")
         self.max_records = max_records
+        self.clock = clock
         self._rows: OrderedDict[str, _Row] = OrderedDict()
-        self._streak = 0
+        self._counters: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str) -> MemoryStore:
+    def from_url(cls, url: str, *, create: bool = True) -> MemoryStore:
         query = parse_qs(urlsplit(url).query)
-        return cls(max_records=int(query.get("max_records", ["100000"])[0]))
+        raw = query.get("max_records", ["100000"])[0]
+        try:
+            return cls(max_records=int(raw))
+        except ValueError:
+            raise ConfigurationError(f"memory:// max_records must be a whole number, not {raw!r}")
 
-    def claim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
+    def apply(
+        self,
+        transition: Transition,
+        key: str,
+        *,
+        entry: Entry | None = None,
+        token: str = "",
+        lease: float = 0.0,
+        error: str | None = None,
+        delay: float = 0.0,
+        counter: str = "",
+    ) -> Applied:
         with self._lock:
-            row = self._rows.get(entry.key)
+            now = self.clock()
+            row = self._rows.get(key)
+            state = None if row is None else row.state
             if row is None:
+                ok = transition.inserts and entry is not None
+            else:
+                ok = admits(
+                    transition,
+                    state,
+                    now=now,
+                    lease_until=row.lease_until,
+                    available_at=row.available_at,
+                    held_by=row.token,
+                    token=token,
+                )
+            if not ok:
+                return Applied(False, state)
+            if row is None:
+                assert entry is not None
                 self._evict()
-                row = self._rows[entry.key] = _Row(entry, State.PENDING, now)
-            elif row.state is State.DONE:
-                return Claim(ClaimStatus.DONE)
-            elif row.state is State.DEAD:
-                return Claim(ClaimStatus.DEAD)
-            elif row.state is State.PENDING:
-                # Queued for workers (deferred, retry backoff, replay): not run inline.
-                return Claim(ClaimStatus.PENDING)
-            elif row.state is State.PROCESSING and (row.lease_until or 0) > now:
-                return Claim(ClaimStatus.PENDING if defer else ClaimStatus.IN_PROGRESS)
-            if not defer:
-                return row.take(now, lease)
-            row.state = State.PENDING
-            row.token = row.lease_until = None
+                row = self._rows[key] = _Row(entry, now)
+            row.state = transition.target
             row.updated_at = now
-            return Claim(ClaimStatus.PENDING)
+            if transition.lease:
+                row.attempts += 1
+                row.token = f"{next(_local_tokens):x}"
+                row.lease_until = now + lease
+            elif transition.extend:
+                row.lease_until = now + lease
+            else:
+                row.token = row.lease_until = None
+            row.available_at = now + delay if transition.delay else None
+            if transition.error:
+                row.error = error
+            if transition.clear:
+                row.body = row.error = None
+            if transition.ends_streak and counter:
+                self._counters.pop(counter, None)
+            record = row.record() if transition.returns_record else None
+            return Applied(True, transition.target, row.attempts, row.token or "", record)
 
     def _evict(self) -> None:
         excess = len(self._rows) - self.max_records + 1
@@ -150,46 +179,25 @@ class MemoryStore(Store):
             return
         victims: list[str] = []
         for key, row in self._rows.items():  # oldest first
-            if row.state in _FINISHED:
+            if row.state in FINISHED:
                 victims.append(key)
                 if len(victims) >= excess:
                     break
         for key in victims:
             del self._rows[key]
 
-    def _settle(
-        self,
-        key: str,
-        token: str,
-        state: State,
-        now: float,
-        error: str | None = None,
-        available_at: float | None = None,
-    ) -> bool:
+    def due(self, limit: int) -> Sequence[str]:
+        now = self.clock()
+        found: list[str] = []
         with self._lock:
-            row = self._rows.get(key)
-            if row is None or row.state is not State.PROCESSING or row.token != token:
-                return False
-            row.settle(state, now, error, available_at)
-            if state is State.DONE:
-                self._streak = 0
-            return True
-
-    def complete(self, key: str, token: str, *, now: float) -> bool:
-        return self._settle(key, token, State.DONE, now)
-
-    def fail(
-        self,
-        key: str,
-        token: str,
-        error: str,
-        *,
-        now: float,
-        dead: bool = False,
-        retry_at: float | None = None,
-    ) -> bool:
-        state = State.DEAD if dead else State.PENDING if retry_at is not None else State.FAILED
-        return self._settle(key, token, state, now, error, retry_at)
+            for row in self._rows.values():
+                if len(found) >= limit:
+                    break
+                if (row.state is State.PENDING and (row.available_at or 0.0) <= now) or (
+                    row.state is State.PROCESSING and (row.lease_until or 0.0) <= now
+                ):
+                    found.append(row.key)
+        return found
 
     def get(self, key: str) -> Record | None:
         row = self._rows.get(key)
@@ -201,69 +209,53 @@ class MemoryStore(Store):
         found.sort(key=lambda r: r.updated_at, reverse=True)
         return found[:limit]
 
-    def replay(self, key: str, *, now: float) -> bool:
+    def prune(self, older_than: float, states: Collection[State] = (State.DONE,)) -> int:
+        before = self.clock() - older_than
+        wanted = frozenset(states)
         with self._lock:
-            row = self._rows.get(key)
-            if row is None or row.state not in (State.FAILED, State.DEAD):
-                return False
-            row.state = State.PENDING
-            row.updated_at = now
-            row.available_at = None
-            return True
-
-    def prune(self, before: float) -> int:
-        with self._lock:
-            old = [
-                k for k, r in self._rows.items() if r.state in _FINISHED and r.updated_at < before
-            ]
+            old = [k for k, r in self._rows.items() if r.state in wanted and r.updated_at < before]
             for key in old:
                 del self._rows[key]
             return len(old)
 
-    def record_failure(self, limit: int) -> bool:
+    def bump(self, counter: str, limit: int, by: int = 1) -> bool:
         with self._lock:
-            self._streak += 1
-            if self._streak > limit:
-                self._streak = 0
+            value = self._counters.get(counter, 0) + by
+            if value >= limit:
+                self._counters.pop(counter, None)
                 return True
+            self._counters[counter] = value
             return False
 
-    def lease_pending(
-        self, *, now: float, lease: float, limit: int = 10
-    ) -> Sequence[tuple[Record, Claim]]:
-        leased: list[tuple[Record, Claim]] = []
-        with self._lock:
-            for row in self._rows.values():
-                if len(leased) >= limit:
-                    break
-                expired = row.state is State.PROCESSING and (row.lease_until or 0) <= now
-                due = row.state is State.PENDING and (row.available_at or 0) <= now
-                if due or expired:
-                    claim = row.take(now, lease)
-                    leased.append((row.record(), claim))
-        return leased
-
     # No I/O here: answer in the caller's thread instead of hopping to another.
-    async def aclaim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
-        return self.claim(entry, now=now, lease=lease, defer=defer)
-
-    async def acomplete(self, key: str, token: str, *, now: float) -> bool:
-        return self.complete(key, token, now=now)
-
-    async def afail(
+    async def aapply(
         self,
+        transition: Transition,
         key: str,
-        token: str,
-        error: str,
         *,
-        now: float,
-        dead: bool = False,
-        retry_at: float | None = None,
-    ) -> bool:
-        return self.fail(key, token, error, now=now, dead=dead, retry_at=retry_at)
+        entry: Entry | None = None,
+        token: str = "",
+        lease: float = 0.0,
+        error: str | None = None,
+        delay: float = 0.0,
+        counter: str = "",
+    ) -> Applied:
+        return self.apply(
+            transition,
+            key,
+            entry=entry,
+            token=token,
+            lease=lease,
+            error=error,
+            delay=delay,
+            counter=counter,
+        )
 
-    async def arecord_failure(self, limit: int) -> bool:
-        return self.record_failure(limit)
+    async def adue(self, limit: int) -> Sequence[str]:
+        return self.due(limit)
 
-    async def aprune(self, before: float) -> int:
-        return self.prune(before)
+    async def abump(self, counter: str, limit: int, by: int = 1) -> bool:
+        return self.bump(counter, limit, by)
+
+    async def aprune(self, older_than: float, states: Collection[State] = (State.DONE,)) -> int:
+        return self.prune(older_than, states)
