@@ -13,7 +13,7 @@ import pytest
 
 from gptimg_webhooks import Delivery, Event, Webhooks, sign
 from gptimg_webhooks._core.ledger import State
-from gptimg_webhooks._core.protocol import Backoff
+from gptimg_webhooks._core.runner import Backoff
 from gptimg_webhooks.stores.memory import MemoryStore
 from gptimg_webhooks.stores.sqlite import SQLiteStore
 from gptimg_webhooks.worker import Outcome, Worker
@@ -50,7 +50,7 @@ def clock() -> Clock:
 
 @pytest.fixture(params=["memory", "sqlite"])
 def hooks(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Webhooks:
-    store = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "l.db"))
+    store = MemoryStore(clock=clock) if request.param == "memory" else SQLiteStore(str(tmp_path / "l.db"), clock=clock)
     return Webhooks(SECRET, store=store, mode="deferred", clock=clock, include_shared=False)
 
 
@@ -167,7 +167,7 @@ def test_expired_lease_is_taken_over_by_another_worker(hooks: Webhooks, clock: C
     hooks.on("generation.succeeded")(calls)
     post(hooks, payload("gen_orphan"))
     # A worker leases the record and dies before settling it.
-    [(_, lost)] = hooks.store.lease_pending(now=clock.now, lease=10, limit=5)
+    [(_, lost)] = hooks.store.lease_due(lease=10, limit=5)
 
     worker = Worker(hooks, lease=10)
     assert drain(worker) == []  # the lease is live: nobody else runs it
@@ -176,7 +176,7 @@ def test_expired_lease_is_taken_over_by_another_worker(hooks: Webhooks, clock: C
     assert calls.runs == [("gen_orphan", 2, calls.runs[0][2])]
     # The dead worker's token no longer settles anything.
     key = only_record(hooks).key
-    assert hooks.store.complete(key, lost.token, now=clock.now) is False
+    assert hooks.store.complete(key, lost.token) is False
     assert only_record(hooks).state is State.DONE
 
 
@@ -188,7 +188,7 @@ def test_run_that_outlives_its_lease_cannot_mark_done(hooks: Webhooks, clock: Cl
             return
         clock.now += 60  # the handler "takes" a minute on a 10 s lease...
         # ...and meanwhile another worker takes the expired lease over.
-        [(_, claim)] = hooks.store.lease_pending(now=clock.now, lease=10, limit=5)
+        [(_, claim)] = hooks.store.lease_due(lease=10, limit=5)
         takeovers.append(claim.token)
 
     hooks.on("generation.succeeded")(overrun)
@@ -197,7 +197,7 @@ def test_run_that_outlives_its_lease_cannot_mark_done(hooks: Webhooks, clock: Cl
     assert [o.status for o in drain(worker)] == ["lease_lost"]
     record = only_record(hooks)
     assert record.state is State.PROCESSING  # the second run still owns it
-    assert hooks.store.complete(record.key, takeovers[0], now=clock.now) is True
+    assert hooks.store.complete(record.key, takeovers[0]) is True
 
 
 def test_worker_processes_at_most_concurrency_at_once(tmp_path: Path) -> None:
@@ -400,29 +400,43 @@ class CompleteOutage(MemoryStore):
         super().__init__()
         self.outages = outages
 
-    def complete(self, key: str, token: str, *, now: float) -> bool:
+    def complete(self, key: str, token: str, *, counter: str = "") -> bool:
         if self.outages:
             self.outages -= 1
             from gptimg_webhooks import StoreUnavailable
 
             raise StoreUnavailable("ledger briefly unreachable")
-        return super().complete(key, token, now=now)
+        return super().complete(key, token, counter=counter)
 
 
-def test_worker_retries_the_done_mark_through_a_short_outage() -> None:
+def wait_for_state(hooks: Webhooks, state: State, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while only_record(hooks).state is not state:
+        assert time.monotonic() < deadline, only_record(hooks)
+        time.sleep(0.02)
+
+
+def test_worker_lands_the_done_mark_after_a_short_outage_without_a_second_run() -> None:
     hooks = Webhooks(SECRET, store=CompleteOutage(2), mode="deferred", include_shared=False)
     calls = Calls()
     hooks.on("generation.succeeded")(calls)
     post(hooks, payload("gen_blip"))
     outcomes = drain(Worker(hooks, lease=30))
     assert [o.status for o in outcomes] == ["processed"]
+    wait_for_state(hooks, State.DONE)  # the keeper retried the mark, holding the lease
     assert len(calls.runs) == 1  # the handler is not run again for the mark's sake
-    assert only_record(hooks).state is State.DONE
+    hooks.close()
 
 
-def test_inline_done_mark_outage_still_answers_503() -> None:
+def test_inline_done_mark_outage_answers_processed_and_copies_never_run_again() -> None:
     hooks = Webhooks(SECRET, store=CompleteOutage(1), include_shared=False)
-    hooks.on("generation.succeeded")(Calls())
-    started = time.monotonic()
-    assert post(hooks, payload("gen_inline_blip")) == (503, "store_unavailable")
-    assert time.monotonic() - started < 0.5  # the provider is waiting: no retry loop
+    calls = Calls()
+    hooks.on("generation.succeeded")(calls)
+    body = payload("gen_inline_blip")
+    assert post(hooks, body) == (200, "processed")  # the handlers ran: their outcome is known
+    copy = post(hooks, body)
+    assert copy in ((409, "delivery_in_progress"), (200, "duplicate"))
+    wait_for_state(hooks, State.DONE)
+    assert post(hooks, body) == (200, "duplicate")
+    assert len(calls.runs) == 1
+    hooks.close()

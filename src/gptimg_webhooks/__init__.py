@@ -28,6 +28,7 @@ from ._core.errors import (
     RequestRejected,
     StaleEvent,
     StoreUnavailable,
+    TransactionAborted,
     UnsupportedEncoding,
     WebhookError,
 )
@@ -41,9 +42,10 @@ from ._core.events import (
     parse_event,
 )
 from ._core.handlers import Delivery, Registry
-from ._core.protocol import Response
+from ._core.protocol import Response, Verified, verify_request
 from ._core.receiver import Webhooks, shared_registry
 from ._core.signature import Match, sign, verify
+from .stores import open_store
 
 __version__ = "0.1.0"
 
@@ -70,17 +72,21 @@ __all__ = [
     "Response",
     "StaleEvent",
     "StoreUnavailable",
+    "TransactionAborted",
     "UnknownEvent",
     "UnsupportedEncoding",
+    "Verified",
     "WebhookError",
     "Webhooks",
     "__version__",
     "on",
     "on_error",
+    "open_store",
     "parse_event",
     "shared_registry",
     "sign",
     "verify",
+    "verify_request",
 ]
 
 #: Register a handler on the shared registry that every receiver runs.

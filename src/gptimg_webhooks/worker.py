@@ -9,16 +9,16 @@ delivery is recorded; a worker runs the handlers later, holding a lease::
     # or standalone, as many as you like, on any host that reaches the store:
     #   gptimg-webhooks worker --app myapp.hooks:hooks
 
-The dispatch and the settling are the receiver's own code (:func:`run_claimed` through
-the receiver's async driver), so a transactional store commits the handlers' writes
-with the done mark exactly as in inline mode. A failed run is retried after an
-exponential :class:`Backoff`; once out of attempts the record is kept as dead until
-someone replays it (``Webhooks.replay(key)``, or the CLI).
+The run and the settling are the receiver's own code (:meth:`Webhooks.arun_record`), so a
+transactional store commits the handlers' writes with the done mark exactly as in
+inline mode. A failed run is retried after an exponential :class:`Backoff`; once out of
+attempts the record is kept as dead until someone replays it (``Webhooks.replay(key)``,
+or the CLI).
 
-A lease is not renewed: a worker that dies mid-handler loses its records when their
-leases run out, and another worker takes them over. Size ``lease`` above your slowest
-handler (the default is the receiver's, 120 s); a run that outlives its lease may run
-again elsewhere, and its own done mark is then refused (:class:`LeaseLost`).
+Leases are renewed in the background while handlers run, so a slow handler is never
+run twice while its worker lives. A worker that dies mid-handler loses its records when
+their leases run out (``lease``, default the receiver's 120 s), and another worker takes
+them over.
 """
 
 from __future__ import annotations
@@ -27,34 +27,19 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ._core import strictjson
-from ._core.errors import ConfigurationError, InvalidPayload, StoreUnavailable, WebhookError
-from ._core.events import parse_event
-from ._core.handlers import Delivery
+from ._core.errors import ConfigurationError, StoreUnavailable
 from ._core.ledger import Claim, Record
-from ._core.protocol import (
-    DEAD,
-    Backoff,
-    Command,
-    Fail,
-    Response,
-    error_response,
-    run_claimed,
-)
 from ._core.receiver import Webhooks
-from ._core.signature import Match
+from ._core.runner import Backoff
 
 __all__ = ["Backoff", "Outcome", "Worker"]
 
 logger = logging.getLogger("gptimg_webhooks.worker")
-
-#: The record was verified when it was received; which secret matched is not kept.
-_RECORDED = Match(index=-1, id="recorded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,40 +51,6 @@ class Outcome:
     #: ``processed``, ``ignored``, ``handler_failed`` (retry scheduled), ``dead``,
     #: ``lease_lost`` or ``store_unavailable``.
     status: str
-
-
-def _work(
-    hooks: Webhooks, record: Record, claim: Claim, backoff: Backoff
-) -> Generator[Command, Any, Response]:
-    """Process one leased record: the sans-I/O part of a worker's run."""
-    try:
-        try:
-            if record.body is None:
-                raise InvalidPayload("the record has no body to process")
-            event = parse_event(strictjson.loads(record.body))
-        except InvalidPayload as exc:
-            # Verified and parsed when received, so only a change of library gets here;
-            # no retry would help.
-            yield Fail(record.key, claim.token, f"invalid_payload: {exc}", dead=True)
-            return DEAD
-        delivery = Delivery(
-            record.delivery_id,
-            event.event,
-            record.key,
-            _RECORDED,
-            record.created_at,
-            claim.attempt,
-        )
-        # Leave a margin so the mark lands before another worker may take over.
-        until = None if record.lease_until is None else record.lease_until - 1.0
-        return (yield from run_claimed(hooks, event, delivery, claim, backoff, until))
-    except WebhookError as exc:
-        return error_response(exc)
-
-
-def _status(response: Response) -> str:
-    body = response.json
-    return str(body.get("status") if body.get("ok") else body.get("error"))
 
 
 class Worker:
@@ -208,9 +159,7 @@ class Worker:
     async def _lease(self, limit: int) -> Sequence[tuple[Record, Claim]]:
         store = self.receiver.store
         try:
-            return await store.alease_pending(
-                now=self.receiver.clock(), lease=self.lease, limit=limit
-            )
+            return await store.alease_due(lease=self.lease, limit=limit)
         except (StoreUnavailable, NotImplementedError):
             raise
         except Exception as exc:  # a store bug: treat it as an outage, keep the loop alive
@@ -218,29 +167,21 @@ class Worker:
             raise StoreUnavailable(str(exc)) from exc
 
     async def process(self, record: Record, claim: Claim) -> Outcome:
-        """Run the handlers of one leased record and settle it."""
-        loop = asyncio.get_running_loop()
-        slow = loop.call_later(
-            self.lease * 0.8,
-            logger.warning,
-            "handlers for %s have run for 80%% of the %.0fs lease; past it another worker "
-            "may run them again: raise the lease",
-            record.key[:12],
-            self.lease,
-        )
+        """Run the handlers of one leased record and settle it; the lease is renewed meanwhile."""
         try:
-            response = await self.receiver._adrive(
-                _work(self.receiver, record, claim, self.backoff)
-            )
-            status = _status(response)
-        except Exception:  # a bug of ours; the lease expires and another run follows
+            status = await self.receiver.arun_record(record, claim, backoff=self.backoff)
+        except Exception:  # a bug of ours; the lease runs out and another run follows
             logger.exception("worker run of %s raised", record.key[:12])
             status = "internal_error"
-        finally:
-            slow.cancel()
         outcome = Outcome(record.key, claim.attempt, status)
         log = logger.info if status in ("processed", "ignored") else logger.warning
-        log("record %s attempt %d: %s", record.key[:12], claim.attempt, status)
+        log(
+            "record %s attempt %d: %s",
+            record.key[:12],
+            claim.attempt,
+            status,
+            extra={"key_prefix": record.key[:12], "attempt": claim.attempt, "outcome": status},
+        )
         if self.on_outcome is not None:
             try:
                 self.on_outcome(outcome)

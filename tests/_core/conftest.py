@@ -35,8 +35,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+def store(clock: Clock) -> MemoryStore:
+    return MemoryStore(clock=clock)  # the store's clock decides leases
 
 
 @pytest.fixture

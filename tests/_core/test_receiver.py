@@ -242,7 +242,7 @@ def test_expired_lease_lets_a_later_retry_run_the_handler(
 ) -> None:
     hooks = Webhooks(SECRET, store=store, clock=clock, lease=60, include_shared=False)
     # A process that died mid-handler leaves a processing record with a lease.
-    claim = store.claim(_entry(body), now=clock.now, lease=60)
+    claim = store.claim(_entry(body), lease=60)
     assert claim.attempt == 1
     assert post(drive, hooks, body, request(body)).status == 409
     clock.now += 61
@@ -422,7 +422,11 @@ def test_auto_disable_guard_answers_2xx_before_the_provider_limit(
 
     statuses = [send(f"gen_bad_{i}").status for i in range(4)]
     assert statuses == [500, 500, 500, 200]
-    assert len(store.records(State.FAILED)) == 4  # kept for local replay
+    assert len(store.records(State.FAILED)) == 3  # the provider retries these
+    # The one answered 2xx is handed to the runners: pending, retried after the backoff.
+    (handed,) = store.records(State.PENDING)
+    assert handed.error is not None
+    assert "RuntimeError" in handed.error
     assert [send(f"gen_bad_{i}").status for i in range(10, 13)] == [500, 500, 500]
     assert send("gen_ok").status == 200  # success resets the streak
     assert [send(f"gen_bad_{i}").status for i in range(20, 24)] == [500, 500, 500, 200]

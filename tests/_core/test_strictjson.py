@@ -45,10 +45,13 @@ def test_accepts_64_bit_integers_and_unicode() -> None:
     }
 
 
+# Text a store can keep: no lone surrogates (unencodable) and no NUL (refused on purpose).
+keepable_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"))
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | keepable_text,
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        st.lists(children, max_size=4)
+        | st.dictionaries(keepable_text.filter(lambda k: len(k) <= 8), children, max_size=4)
     ),
     max_leaves=20,
 )
@@ -63,3 +66,21 @@ def test_round_trips_what_json_dumps_writes(value: object) -> None:
 def test_arbitrary_bytes_never_raise_anything_but_invalid_payload(raw: bytes) -> None:
     with contextlib.suppress(InvalidPayload):
         loads(raw)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data":{"error":"cut \\ud83d"}}',  # JSON.stringify of a string cut mid-emoji
+        b'{"data":{"error":"\\uDE00 tail"}}',  # a low surrogate alone, upper-case escape
+        b'{"\\ud800":1}',  # in a key
+        b'{"generationId":"gen\\u0000x"}',  # NUL: PostgreSQL text cannot hold it
+    ],
+)
+def test_text_no_store_can_keep_is_refused(body: bytes) -> None:
+    with pytest.raises(InvalidPayload, match="surrogate|NUL"):
+        loads(body)
+
+
+def test_escaped_surrogate_pairs_are_one_character_and_pass() -> None:
+    assert loads(b'{"e":"\\ud83d\\ude00"}') == {"e": "\U0001f600"}

@@ -22,7 +22,10 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from .ledger import Entry
 
 __all__ = [
     "ConfigurationError",
@@ -87,6 +90,8 @@ class InvalidPayload(RequestRejected):
     """Signed body that is not strict JSON or not a valid event."""
 
     code = "invalid_payload"
+    #: The ledger entry of the signed body, to keep it as a failed record.
+    entry: Entry | None = None
 
 
 class StaleEvent(RequestRejected):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -58,6 +58,8 @@ __all__ = [
     "Store",
     "Transition",
     "claim_status",
+    "open_url",
+    "set_opener",
 ]
 
 
@@ -140,9 +142,25 @@ REPLAY = _t("replay", {S.FAILED, S.DEAD}, State.PENDING)
 del S
 
 TRANSITIONS: dict[str, Transition] = {
-    t.name: t
-    for t in (CLAIM, ENQUEUE, LEASE, RERUN, RENEW, COMPLETE, FAIL, RETRY, BURY, REPLAY)
+    t.name: t for t in (CLAIM, ENQUEUE, LEASE, RERUN, RENEW, COMPLETE, FAIL, RETRY, BURY, REPLAY)
 }
+
+
+_opener: list[Callable[[str], Store]] = []
+
+
+def set_opener(opener: Callable[[str], Store]) -> None:
+    """Let ``stores`` resolve URLs for the core, which never imports a backend itself."""
+    _opener[:] = [opener]
+
+
+def open_url(url: str) -> Store:
+    """Open the store a URL names, through the opener ``gptimg_webhooks.stores`` registered."""
+    if not _opener:  # pragma: no cover - the package's __init__ registers it
+        from .errors import ConfigurationError
+
+        raise ConfigurationError("no store opener: import gptimg_webhooks first")
+    return _opener[0](url)
 
 
 class ClaimStatus(enum.Enum):
@@ -298,7 +316,7 @@ class Store(ABC):
 
     @abstractmethod
     def due(self, limit: int) -> Sequence[str]:
-        """Return up to ``limit`` keys a runner may lease now (``DUE`` or ``EXPIRED``), oldest first."""
+        """Return up to ``limit`` keys a runner may lease now (due or expired), oldest first."""
 
     @abstractmethod
     def get(self, key: str) -> Record | None:
@@ -344,7 +362,7 @@ class Store(ABC):
         Stores whose transactions belong to a thread (Django) override this so that
         the handler's database calls join that thread's transaction.
         """
-        from .receiver import run_coroutine
+        from .runner import run_coroutine
 
         return run_coroutine(coro)
 

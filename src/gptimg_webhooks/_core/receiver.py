@@ -1,33 +1,68 @@
-"""The receiver: configuration, handler registry, and the two drivers of :func:`flow`."""
+"""The receiver: configuration, handlers, and the request path, top to bottom.
+
+A request goes through :func:`~gptimg_webhooks._core.protocol.verify_request` (pure),
+then the ledger (claim or enqueue), then :func:`~gptimg_webhooks._core.runner.execute`
+under a reply deadline, then the answer. :meth:`Webhooks.handle` is that path blocking
+(WSGI, plain code); :meth:`Webhooks.handle_async` is the same path for ASGI. The
+decisions both make are shared functions; only the waiting differs.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
-from contextlib import nullcontext
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from .errors import ConfigurationError, LeaseLost, StoreUnavailable
-from .events import Event
-from .handlers import Delivery, HandlerSpec, Registry
-from .ledger import Store
-from .protocol import (
-    Command,
-    Dispatch,
-    Fail,
-    Headers,
-    Lease,
-    RecordFailure,
-    Response,
-    flow,
+from . import strictjson
+from .errors import (
+    ConfigurationError,
+    DeliveryInProgress,
+    HandlerFailed,
+    InvalidPayload,
+    StoreUnavailable,
+    WebhookError,
 )
-from .signature import Verifier, parse_secrets
+from .events import Event, parse_event
+from .handlers import Delivery, HandlerSpec, Registry
+from .ledger import Claim, ClaimStatus, Record, Store, open_url
+from .protocol import (
+    DEAD,
+    DUPLICATE,
+    FAILED_ACCEPTED,
+    IGNORED,
+    PROCESSED,
+    QUEUED,
+    REJECTED_ACCEPTED,
+    RUNNING,
+    SIGNED_REJECTIONS,
+    UNRECORDED,
+    Headers,
+    Limits,
+    Response,
+    Verified,
+    collect_headers,
+    error_response,
+    verify_request,
+)
+from .runner import (
+    Backoff,
+    Keeper,
+    Result,
+    Settlement,
+    aexecute,
+    asettle_failure,
+    execute,
+    run_coroutine,
+    settle_failure,
+    settlement,
+)
+from .signature import Match, Verifier, parse_secrets
 
 if TYPE_CHECKING:
     from .handlers import ErrorHook
@@ -44,11 +79,16 @@ DEFAULT_MAX_BODY_SIZE = 1 << 20
 #: 30 days: the provider retries for about 12.5 minutes, so this covers its window more
 #: than 3000 times over, and keeps replays of captured bodies recognised for a month.
 DEFAULT_RETENTION = 30 * 24 * 3600.0
-#: The provider disables an endpoint at 8 consecutive failures. After 5 handler
-#: failures in a row the 6th is answered 2xx, which leaves room for 409s and 503s.
+#: The provider disables an endpoint at 8 consecutive failed attempts. The receiver gives
+#: at most 5 non-2xx answers in a row to verified deliveries; the 6th is a 2xx. That
+#: leaves 2 for failures it cannot see (a proxy's 502, a crash mid-request).
 DEFAULT_FAILURE_THRESHOLD = 5
-#: A handler running longer than this may be run again by a retry.
+PROVIDER_FAILURE_LIMIT = 8
+#: How long a claim holds a delivery without renewal; runners renew it every third.
 DEFAULT_LEASE = 120.0
+#: Answer within this, under the provider's 5 s timeout; slower handlers go on behind.
+DEFAULT_REPLY_DEADLINE = 4.0
+PROVIDER_TIMEOUT = 5.0
 #: The provider's last retry comes about 12.5 minutes after the first attempt.
 MIN_EVENT_AGE = 15 * 60.0
 
@@ -56,9 +96,42 @@ MIN_EVENT_AGE = 15 * 60.0
 #: after its own, unless built with ``include_shared=False``.
 shared_registry = Registry()
 
+#: A record's secret was verified when it was received; which one is not kept.
+RECORDED = Match(index=-1, id="recorded")
+
 
 def _seconds(value: float | timedelta | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+class _Handoff:
+    """Who settles a run: the request (answered after it) or the run itself (answered before)."""
+
+    __slots__ = ("_lock", "delivery", "detached", "finished")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.delivery: Delivery | None = None
+        self.detached = False
+        self.finished = False
+
+    def arm(self, delivery: Delivery) -> None:
+        """The delivery is recorded and leased: from now on it may be answered early."""
+        with self._lock:
+            self.delivery = delivery
+
+    def detach(self) -> bool:
+        """Answer before the run ends; False when it ended meanwhile or is not recorded yet."""
+        with self._lock:
+            if not self.finished and self.delivery is not None:
+                self.detached = True
+            return self.detached
+
+    def finish(self) -> bool:
+        """Mark the run ended; return whether the request had answered already."""
+        with self._lock:
+            self.finished = True
+            return self.detached
 
 
 class Webhooks:
@@ -79,10 +152,15 @@ class Webhooks:
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         lease: float | timedelta = DEFAULT_LEASE,
         retention: float | timedelta = DEFAULT_RETENTION,
+        failed_retention: float | timedelta | None = None,
         max_event_age: float | timedelta | None = None,
         clock_skew: float | timedelta = 300.0,
         failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
+        reply_deadline: float | timedelta | None = DEFAULT_REPLY_DEADLINE,
         mode: Literal["inline", "deferred"] = "inline",
+        sweep: bool = True,
+        sweep_interval: float | timedelta = 30.0,
+        backoff: Backoff | None = None,
         on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed",
         include_shared: bool = True,
         registry: Registry | None = None,
@@ -90,9 +168,7 @@ class Webhooks:
     ) -> None:
         self.verifier = Verifier(parse_secrets(secret))
         if store is None or isinstance(store, str):
-            from ..stores import open_store
-
-            store = open_store(store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
+            store = open_url(store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
         self.store: Store = store
         if not path.startswith("/"):
             raise ConfigurationError(f"path must start with '/': {path!r}")
@@ -104,6 +180,9 @@ class Webhooks:
         self.retention = float(_seconds(retention) or 0)
         if self.lease <= 0 or self.retention <= 0:
             raise ConfigurationError("lease and retention must be positive")
+        self.failed_retention = _seconds(failed_retention)
+        if self.failed_retention is not None and self.failed_retention < self.retention:
+            raise ConfigurationError("failed_retention, if set, must be at least retention")
         self.max_event_age = _seconds(max_event_age)
         self.clock_skew = float(_seconds(clock_skew) or 0)
         if self.max_event_age is not None:
@@ -117,12 +196,28 @@ class Webhooks:
                     "max_event_age must be shorter than retention, or a replay older than "
                     "the ledger's memory would be accepted"
                 )
-        if failure_threshold < 1:
-            raise ConfigurationError("failure_threshold must be at least 1")
+        if not 1 <= failure_threshold < PROVIDER_FAILURE_LIMIT:
+            raise ConfigurationError(
+                f"failure_threshold must be from 1 to {PROVIDER_FAILURE_LIMIT - 1}: the "
+                f"provider disables the endpoint at {PROVIDER_FAILURE_LIMIT} failures in a row"
+            )
         self.failure_threshold = failure_threshold
+        deadline = _seconds(reply_deadline)
+        if deadline is not None and not 0 < deadline < PROVIDER_TIMEOUT:
+            raise ConfigurationError(
+                "reply_deadline must be between 0 and the provider's 5 s timeout (or None)"
+            )
+        self.reply_deadline = deadline
         if mode not in ("inline", "deferred"):
             raise ConfigurationError(f"mode must be 'inline' or 'deferred', not {mode!r}")
         self.deferred = mode == "deferred"
+        self.sweep = sweep
+        self.sweep_interval = float(_seconds(sweep_interval) or 0)
+        if self.sweep_interval <= 0:
+            raise ConfigurationError("sweep_interval must be positive")
+        self.sweep_batch = 20
+        self.prune_interval = 3600.0
+        self.backoff = backoff or Backoff()
         if on_store_error not in ("fail_closed", "fail_open"):
             raise ConfigurationError(
                 f"on_store_error must be 'fail_closed' or 'fail_open', not {on_store_error!r}"
@@ -134,14 +229,30 @@ class Webhooks:
         self.registry = registry if registry is not None else Registry()
         self._shared = shared_registry if include_shared else None
         self.clock = clock
-        self.prune_interval = 3600.0
-        self._next_prune = 0.0
         self.on = self.registry.on
         self.on_error = self.registry.on_error
+        self.keeper = Keeper(self)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._background: set[asyncio.Future[Response]] = set()
 
     def __repr__(self) -> str:
         ids = ", ".join(s.id for s in self.verifier.secrets)
         return f"Webhooks(path={self.path!r}, store={type(self.store).__name__}, secrets=[{ids}])"
+
+    @property
+    def guard_counter(self) -> str:
+        """Name the ledger counter of this endpoint's consecutive non-2xx answers."""
+        return f"guard:{self.path}"
+
+    @property
+    def guard_limit(self) -> int:
+        """The count at which the guard answers 2xx instead (``failure_threshold`` + 1)."""
+        return self.failure_threshold + 1
+
+    @property
+    def limits(self) -> Limits:
+        """Return what :func:`verify_request` checks requests against."""
+        return Limits(self.verifier, self.max_body_size, self.max_event_age, self.clock_skew)
 
     # Handlers -----------------------------------------------------------------------
 
@@ -157,230 +268,429 @@ class Webhooks:
         hooks = self.registry.error_hooks
         return hooks + self._shared.error_hooks if self._shared is not None else hooks
 
-    def _report(self, exc: Exception, event: Event, delivery: Delivery) -> None:
+    def report(self, exc: BaseException, event: Event, delivery: Delivery) -> None:
+        """Log a handler's exception and call the error hooks."""
         logger.error(
             "handler for %s raised (delivery %r, attempt %d)",
             delivery.event,
             delivery.id,
             delivery.attempt,
             exc_info=exc,
+            extra={
+                "delivery_id": delivery.id,
+                "event": delivery.event,
+                "attempt": delivery.attempt,
+            },
         )
         for hook in self._error_hooks():
             try:
                 result = hook(exc, event, delivery)
                 if asyncio.iscoroutine(result):
-                    _run_coroutine(result)
+                    run_coroutine(result)
             except Exception:
                 logger.exception("error hook %r raised", hook)
 
-    def replay(self, key: str) -> bool:
-        """Put a failed or dead record back to pending for a worker; return whether it did."""
-        return self.store.replay(key, now=self.clock())
-
-    # Sync driver --------------------------------------------------------------------
+    # The request path, blocking ------------------------------------------------------
 
     def handle(self, method: str, headers: Headers, body: bytes) -> Response:
         """Answer one request, blocking (for WSGI and plain code)."""
-        return self._drive(flow(self, method, headers, body, self.clock()))
-
-    def _drive(
-        self, gen: Generator[Command, Any, Response], command: Command | None = None
-    ) -> Response:
-        """Perform ``gen``'s commands (from ``command`` if given) until it answers."""
+        started = time.monotonic()
         try:
-            if command is None:
-                command = next(gen)
-            while True:
-                try:
-                    result = self._perform(command)
-                except StoreUnavailable as exc:
-                    command = gen.throw(exc)
-                except Exception as exc:  # a store bug must still fail closed
-                    logger.exception("ledger store raised")
-                    command = gen.throw(StoreUnavailable(str(exc)))
-                else:
-                    command = gen.send(result)
-        except StopIteration as stop:
-            response: Response = stop.value
-            return response
+            verified = verify_request(self.limits, method, headers, body, self.clock())
+        except WebhookError as exc:
+            return self._rejected(exc, headers)
+        if self.reply_deadline is None:
+            return self.handle_verified(verified)
+        handoff = _Handoff()
+        future = self._executor().submit(self.handle_verified, verified, handoff)
+        return _within(future.result, handoff, started, self.reply_deadline)
 
-    def _perform(self, command: Command) -> Any:
-        store, now = self.store, self.clock()
-        if isinstance(command, Lease):
-            return store.claim(command.entry, now=now, lease=self.lease, defer=command.defer)
-        if isinstance(command, Dispatch):
-            return self._dispatch(command)
-        if isinstance(command, Fail):
-            return store.fail(
-                command.key, command.token, command.error, now=now, **_settle(command, now)
-            )
-        if isinstance(command, RecordFailure):
-            return store.record_failure(command.limit)
-        return store.prune(command.before)
-
-    def _dispatch(self, command: Dispatch) -> Exception | None:
-        event, delivery, store = command.event, command.delivery, self.store
-        # Fail-open runs (ledger=False) have no record: no transaction, no done mark.
-        unit = store.transaction() if command.ledger else nullcontext()
+    def handle_verified(self, verified: Verified, handoff: _Handoff | None = None) -> Response:
+        """Record and run an already verified delivery, blocking."""
         try:
-            with unit as tx:
-                if tx is not None:
-                    delivery = replace(delivery, transaction=tx)
-                for func, wants_delivery, is_async in command.handlers:
-                    result = func(event, delivery) if wants_delivery else func(event)
-                    if is_async or asyncio.iscoroutine(result):
-                        _run_coroutine(result)
-                if command.ledger and not self._complete(command):
-                    raise LeaseLost("lease expired while the handlers ran")
-        except LeaseLost as exc:
-            return exc
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            self._report(exc, event, delivery)
-            return exc
-        return None
-
-    def _complete(self, command: Dispatch) -> bool:
-        deadline = _settle_deadline(self, command)
-        while True:
             try:
-                return self.store.complete(command.delivery.key, command.token, now=self.clock())
-            except StoreUnavailable:
-                if time.monotonic() + _SETTLE_PAUSE > deadline:
-                    raise
-                time.sleep(_SETTLE_PAUSE)
+                if self.deferred:
+                    claim = self.store.enqueue(verified.entry)
+                else:
+                    claim = self.store.claim(verified.entry, lease=self.lease)
+            except StoreUnavailable as exc:
+                return self._store_down(verified, exc)
+            if claim.status is not ClaimStatus.CLAIMED:
+                return self._unclaimed(claim, verified)
+            delivery = self._delivery(verified, claim.attempt)
+            if handoff is not None:
+                handoff.arm(delivery)
+            return self._run_and_settle(verified.event, delivery, claim.token, handoff)
+        except Exception as exc:  # a bug of ours (or a store's): answer, never raise
+            return _internal(verified.delivery_id, exc)
 
-    # Async driver -------------------------------------------------------------------
+    def _rejected(self, exc: WebhookError, headers: Headers) -> Response:
+        _log_rejection(exc, headers)
+        if not isinstance(exc, SIGNED_REJECTIONS):
+            return error_response(exc)
+        try:
+            entry = getattr(exc, "entry", None)
+            if entry is not None:  # keep the signed raw body for inspection
+                claim = self.store.claim(entry, lease=self.lease)
+                if claim.status is ClaimStatus.CLAIMED:
+                    self.store.fail(entry.key, claim.token, f"{exc.code}: {exc}")
+            if self.store.bump(self.guard_counter, self.guard_limit):
+                return _guard_rejected(exc)
+        except StoreUnavailable:
+            self.keeper.unrecorded_failure()
+        return error_response(exc)
+
+    def _store_down(self, verified: Verified, exc: StoreUnavailable) -> Response:
+        if not self.fail_open:
+            logger.error(
+                "ledger unavailable, answering 503 (delivery %r): %s", verified.delivery_id, exc
+            )
+            self.keeper.unrecorded_failure()
+            return error_response(exc)
+        logger.error(
+            "ledger unavailable, running handlers WITHOUT dedup (fail-open; delivery %r): %s",
+            verified.delivery_id,
+            exc,
+        )
+        delivery = self._delivery(verified, 1)
+        event = verified.event
+        try:
+            for func, wants_delivery, is_async in self.routes(event.event):
+                result = func(event, delivery) if wants_delivery else func(event)
+                if is_async or asyncio.iscoroutine(result):
+                    run_coroutine(result)
+        except Exception as error:
+            self.report(error, event, delivery)
+            return error_response(HandlerFailed(f"handler raised {type(error).__name__}"))
+        return UNRECORDED
+
+    def _unclaimed(self, claim: Claim, verified: Verified) -> Response:
+        answer = _claim_answer(claim, self.deferred)
+        if answer is not None:
+            if answer is DUPLICATE:
+                logger.info(
+                    "duplicate of %s (delivery %r): already done",
+                    verified.entry.key[:12],
+                    verified.delivery_id,
+                )
+            return answer
+        try:
+            tripped = self.store.bump(self.guard_counter, self.guard_limit)
+        except StoreUnavailable:
+            self.keeper.unrecorded_failure()
+            tripped = False
+        return _in_progress(tripped)
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=64, thread_name_prefix="gptimg-webhooks-run"
+            )
+        return pool
+
+    def _run_and_settle(
+        self, event: Event, delivery: Delivery, token: str, handoff: _Handoff | None
+    ) -> Response:
+        result = execute(self, event, delivery, token)
+        detached = handoff is not None and handoff.finish()
+        if result.outcome != "failed":
+            return _result_answer(result)
+        error = _error_text(result)
+        plan = settlement(self.backoff, delivery.attempt, provider_retries=not detached)
+        if plan.op == "fail":
+            try:
+                if self.store.bump(self.guard_counter, self.guard_limit):
+                    plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
+            except StoreUnavailable:
+                self.keeper.unrecorded_failure()
+        settle_failure(self, delivery.key, token, error, plan)
+        return _failure_answer(result, plan, delivery)
+
+    # The request path, async ---------------------------------------------------------
 
     async def handle_async(self, method: str, headers: Headers, body: bytes) -> Response:
         """Answer one request without blocking the event loop (for ASGI)."""
-        return await self._adrive(flow(self, method, headers, body, self.clock()))
-
-    async def _adrive(self, gen: Generator[Command, Any, Response]) -> Response:
-        """Async twin of :meth:`_drive`."""
+        started = time.monotonic()
         try:
-            command = next(gen)
-            while True:
-                if isinstance(command, Lease) and self._in_one_thread(command):
-                    return await asyncio.to_thread(self._drive, gen, command)
-                try:
-                    result = await self._perform_async(command)
-                except StoreUnavailable as exc:
-                    command = gen.throw(exc)
-                except Exception as exc:
-                    logger.exception("ledger store raised")
-                    command = gen.throw(StoreUnavailable(str(exc)))
-                else:
-                    command = gen.send(result)
-        except StopIteration as stop:
-            response: Response = stop.value
-            return response
-
-    def _in_one_thread(self, lease: Lease) -> bool:
-        """Tell whether the rest of a delivery is cheaper run by the sync driver in a thread."""
-        if self.store.native_async:
-            return False
-        return not any(h.is_async for h in self.routes(lease.entry.event or ""))
-
-    async def _perform_async(self, command: Command) -> Any:
-        store, now = self.store, self.clock()
-        if isinstance(command, Lease):
-            return await store.aclaim(command.entry, now=now, lease=self.lease, defer=command.defer)
-        if isinstance(command, Dispatch):
-            return await self._dispatch_async(command)
-        if isinstance(command, Fail):
-            return await store.afail(
-                command.key, command.token, command.error, now=now, **_settle(command, now)
-            )
-        if isinstance(command, RecordFailure):
-            return await store.arecord_failure(command.limit)
-        return await store.aprune(command.before)
-
-    async def _acomplete(self, command: Dispatch) -> bool:
-        deadline = _settle_deadline(self, command)
-        while True:
-            try:
-                key = command.delivery.key
-                return await self.store.acomplete(key, command.token, now=self.clock())
-            except StoreUnavailable:
-                if time.monotonic() + _SETTLE_PAUSE > deadline:
-                    raise
-                await asyncio.sleep(_SETTLE_PAUSE)
-
-    async def _dispatch_async(self, command: Dispatch) -> Exception | None:
+            verified = verify_request(self.limits, method, headers, body, self.clock())
+        except WebhookError as exc:
+            if isinstance(exc, SIGNED_REJECTIONS):
+                return await asyncio.to_thread(self._rejected, exc, headers)
+            _log_rejection(exc, headers)
+            return error_response(exc)
         store = self.store
-        native = store.async_transactions and all(h.is_async for h in command.handlers)
-        if not command.ledger or (store.transactional and not native):
-            # A thread-bound transaction (Django's), or sync handlers, which need a sync
-            # connection as delivery.transaction: handlers and complete share a thread.
-            return await asyncio.to_thread(self._dispatch, command)
-        event, delivery = command.event, command.delivery
+        if not store.native_async and not any(
+            h.is_async for h in self.routes(verified.event.event)
+        ):
+            # A blocking ledger and sync handlers: the rest costs one thread hop.
+            if self.reply_deadline is None:
+                return await asyncio.to_thread(self.handle_verified, verified)
+            handoff = _Handoff()
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(None, self.handle_verified, verified, handoff)
+            return await _awithin(future, handoff, started, self.reply_deadline, self)
         try:
-            async with store.atransaction() as tx:
-                if tx is not None:
-                    delivery = replace(delivery, transaction=tx)
-                for func, wants_delivery, is_async in command.handlers:
-                    args = (event, delivery) if wants_delivery else (event,)
-                    if is_async:
-                        await func(*args)
-                    else:
-                        # A sync handler may block; keep it off the event loop.
-                        result = await asyncio.to_thread(func, *args)
-                        if asyncio.iscoroutine(result):
-                            await result
-                if not await self._acomplete(command):
-                    raise LeaseLost("lease expired while the handlers ran")
-        except LeaseLost as exc:
-            return exc
-        except StoreUnavailable:
-            raise
+            try:
+                if self.deferred:
+                    claim = await store.aenqueue(verified.entry)
+                else:
+                    claim = await store.aclaim(verified.entry, lease=self.lease)
+            except StoreUnavailable as exc:
+                return await asyncio.to_thread(self._store_down, verified, exc)
+            if claim.status is not ClaimStatus.CLAIMED:
+                answer = _claim_answer(claim, self.deferred)
+                if answer is not None:
+                    return answer
+                return await asyncio.to_thread(self._unclaimed, claim, verified)
+            delivery = self._delivery(verified, claim.attempt)
+            if self.reply_deadline is None:
+                return await self._arun_and_settle(verified.event, delivery, claim.token, None)
+            handoff = _Handoff()
+            handoff.arm(delivery)
+            task = asyncio.ensure_future(
+                self._arun_and_settle(verified.event, delivery, claim.token, handoff)
+            )
+            return await _awithin(task, handoff, started, self.reply_deadline, self)
         except Exception as exc:
-            await asyncio.to_thread(self._report, exc, event, delivery)
-            return exc
-        return None
+            return _internal(verified.delivery_id, exc)
+
+    async def _arun_and_settle(
+        self, event: Event, delivery: Delivery, token: str, handoff: _Handoff | None
+    ) -> Response:
+        result = await aexecute(self, event, delivery, token)
+        detached = handoff is not None and handoff.finish()
+        if result.outcome != "failed":
+            return _result_answer(result)
+        error = _error_text(result)
+        plan = settlement(self.backoff, delivery.attempt, provider_retries=not detached)
+        if plan.op == "fail":
+            try:
+                if await self.store.abump(self.guard_counter, self.guard_limit):
+                    plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
+            except StoreUnavailable:
+                self.keeper.unrecorded_failure()
+        await asettle_failure(self, delivery.key, token, error, plan)
+        return _failure_answer(result, plan, delivery)
+
+    # Runners: recovery, replay -------------------------------------------------------
+
+    def _delivery(self, verified: Verified, attempt: int) -> Delivery:
+        return Delivery(
+            verified.delivery_id,
+            verified.event.event,
+            verified.entry.key,
+            verified.match,
+            self.clock(),
+            attempt,
+        )
+
+    def run_record(self, record: Record, claim: Claim, *, backoff: Backoff | None = None) -> str:
+        """Run a leased record from its stored body and settle it as a runner; return the outcome.
+
+        A failure is retried after ``backoff`` (the receiver's by default), or buried
+        once out of attempts. Outcomes: ``processed``, ``ignored``, ``handler_failed``
+        (retry scheduled), ``dead``, ``lease_lost`` or ``store_unavailable``.
+        """
+        event = _stored_event(self, record, claim)
+        if event is None:
+            return "dead"
+        delivery = Delivery(
+            record.delivery_id, event.event, record.key, RECORDED, record.created_at, claim.attempt
+        )
+        result = execute(self, event, delivery, claim.token)
+        if result.outcome != "failed":
+            return result.outcome
+        plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
+        settle_failure(self, record.key, claim.token, _error_text(result), plan)
+        return "dead" if plan.op == "bury" else "handler_failed"
+
+    async def arun_record(
+        self, record: Record, claim: Claim, *, backoff: Backoff | None = None
+    ) -> str:
+        """Async twin of :meth:`run_record` (workers)."""
+        event = await asyncio.to_thread(_stored_event, self, record, claim)
+        if event is None:
+            return "dead"
+        delivery = Delivery(
+            record.delivery_id, event.event, record.key, RECORDED, record.created_at, claim.attempt
+        )
+        result = await aexecute(self, event, delivery, claim.token)
+        if result.outcome != "failed":
+            return result.outcome
+        plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
+        await asettle_failure(self, record.key, claim.token, _error_text(result), plan)
+        return "dead" if plan.op == "bury" else "handler_failed"
+
+    def recover(self, *, limit: int = 20) -> dict[str, str]:
+        """Run records that are due (pending, or abandoned by a dead runner) now; blocking.
+
+        The receiver's recovery sweep calls this off the request path in inline mode.
+        Return each record's outcome by key.
+        """
+        outcomes = {}
+        for record, claim in self.store.lease_due(lease=self.lease, limit=limit):
+            outcomes[record.key] = self.run_record(record, claim)
+        return outcomes
+
+    def rerun(self, key: str) -> str:
+        """Run a failed or dead record's handlers again, now; a record that fails again is dead.
+
+        The one replay path: the CLI's ``ledger replay --app``, the Django admin action
+        and the management command all call this. Outcomes as :meth:`run_record`, plus
+        ``not_replayable`` when the record is neither failed nor dead.
+        """
+        leased = self.store.rerun(key, lease=self.lease)
+        if leased is None:
+            return "not_replayable"
+        return self.run_record(*leased, backoff=Backoff(max_attempts=1))
+
+    def replay(self, key: str) -> bool:
+        """Put a failed or dead record back to pending for a runner; return whether it did."""
+        return self.store.replay(key)
 
     def close(self) -> None:
-        """Close the store's connections."""
+        """Stop the background keeper and close the store's connections."""
+        self.keeper.stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
         self.store.close()
 
 
-_SETTLE_PAUSE = 0.5
+# Shared decisions ----------------------------------------------------------------------
 
 
-def _settle_deadline(hooks: Webhooks, command: Dispatch) -> float:
-    """Return until when (monotonic) a done mark may be retried through an outage.
-
-    The handlers already ran: retrying the mark while the lease is ours beats running
-    them again after it expires. Not with a transaction, which the outage has lost.
-    """
-    if command.settle_until is None or hooks.store.transactional:
-        return 0.0
-    return time.monotonic() + command.settle_until - hooks.clock()
-
-
-def _settle(command: Fail, now: float) -> dict[str, Any]:
-    retry_at = None if command.retry_in is None else now + command.retry_in
-    return {"dead": command.dead, "retry_at": retry_at}
-
-
-def _run_coroutine(coro: Any) -> Any:
-    """Run an async handler from sync code, even when this thread already has a loop."""
+def _within(
+    result: Callable[..., Response], handoff: _Handoff, started: float, deadline: float
+) -> Response:
+    """Wait for a blocking run until the reply deadline; then answer 202 if it was recorded."""
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    outcome: dict[str, Any] = {}
+        return result(timeout=max(0.0, deadline - (time.monotonic() - started)))
+    except concurrent.futures.TimeoutError:
+        if handoff.detach():
+            _log_detached(handoff.delivery)
+            return RUNNING
+        return result()  # not recorded yet: never answer 2xx for what may be lost
 
-    def run() -> None:
-        try:
-            outcome["value"] = asyncio.run(coro)
-        except BaseException as exc:
-            outcome["error"] = exc
 
-    thread = threading.Thread(target=run, name="gptimg-webhooks-handler")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
+async def _awithin(
+    future: asyncio.Future[Response],
+    handoff: _Handoff,
+    started: float,
+    deadline: float,
+    hooks: Webhooks,
+) -> Response:
+    """Async twin of :func:`_within`."""
+    remaining = max(0.0, deadline - (time.monotonic() - started))
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), remaining)
+    except asyncio.TimeoutError:
+        if handoff.detach():
+            if isinstance(future, asyncio.Task):
+                # Keep a reference: the loop holds tasks only weakly.
+                hooks._background.add(future)
+                future.add_done_callback(hooks._background.discard)
+            _log_detached(handoff.delivery)
+            return RUNNING
+        return await future
+
+
+def _claim_answer(claim: Claim, deferred: bool) -> Response | None:
+    """Answer a delivery the ledger did not hand to us; None: in progress (guarded)."""
+    status = claim.status
+    if status is ClaimStatus.DONE:
+        return DUPLICATE
+    if status is ClaimStatus.DEAD:
+        return DEAD
+    if status is ClaimStatus.PENDING or deferred:
+        return QUEUED
+    return None
+
+
+def _in_progress(tripped: bool) -> Response:
+    if tripped:
+        logger.error("a copy is still in progress; answering 2xx to keep the endpoint enabled")
+        return RUNNING
+    exc = DeliveryInProgress("a copy of this delivery is being processed; retry later")
+    _log_rejection(exc)
+    return error_response(exc)
+
+
+def _result_answer(result: Result) -> Response:
+    if result.outcome == "processed":
+        return PROCESSED
+    if result.outcome == "ignored":
+        return IGNORED
+    error = result.error
+    assert isinstance(error, WebhookError)
+    _log_rejection(error)
+    return error_response(error)
+
+
+def _failure_answer(result: Result, plan: Settlement, delivery: Delivery) -> Response:
+    if plan.op == "fail":
+        error = result.error
+        return error_response(HandlerFailed(f"handler raised {type(error).__name__}"))
+    logger.error(
+        "handler failed for %s (delivery %r); answering 2xx to keep the endpoint from "
+        "auto-disable: a runner retries it from the ledger",
+        delivery.event,
+        delivery.id,
+    )
+    return FAILED_ACCEPTED
+
+
+def _guard_rejected(exc: WebhookError) -> Response:
+    logger.error(
+        "refused a signed delivery (%s) but answering 2xx to keep the endpoint from auto-disable",
+        exc.code,
+    )
+    return REJECTED_ACCEPTED
+
+
+def _error_text(result: Result) -> str:
+    error = result.error
+    return "" if error is None else f"{type(error).__name__}: {error}"[:2000]
+
+
+def _stored_event(hooks: Webhooks, record: Record, claim: Claim) -> Event | None:
+    """Parse a leased record's body; bury it when that cannot work (no retry would help)."""
+    try:
+        if record.body is None:
+            raise InvalidPayload("the record has no body to process")
+        return parse_event(strictjson.loads(record.body))
+    except InvalidPayload as exc:
+        hooks.store.bury(record.key, claim.token, f"invalid_payload: {exc}")
+        return None
+
+
+def _log_rejection(exc: WebhookError, headers: Headers | None = None) -> None:
+    # Expected rejections: WARNING at most, never the body. The delivery id is unsigned:
+    # only ever logged with %r, and cut short.
+    delivery_id = ""
+    if headers is not None:
+        found = collect_headers(headers)[1]
+        delivery_id = found[0][:80] if found else ""
+    logger.warning(
+        "rejected %s: %s (delivery %r)",
+        exc.code,
+        exc,
+        delivery_id,
+        extra={"delivery_id": delivery_id, "outcome": exc.code},
+    )
+
+
+def _log_detached(delivery: Delivery | None) -> None:
+    assert delivery is not None
+    logger.warning(
+        "handlers for %s still run at the reply deadline (delivery %r); answered 202, "
+        "they go on holding the lease",
+        delivery.event,
+        delivery.id,
+    )
+
+
+def _internal(delivery_id: str, exc: BaseException) -> Response:
+    logger.error("internal error (delivery %r)", delivery_id, exc_info=exc)
+    return error_response(WebhookError(f"internal error: {type(exc).__name__}"))

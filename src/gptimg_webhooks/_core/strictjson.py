@@ -2,7 +2,9 @@
 
 Rejects what ``json.loads`` lets through: invalid UTF-8, duplicate keys (a signed body
 whose meaning depends on which duplicate a parser keeps), NaN and Infinity, integers
-longer than a 64-bit value needs, and nesting deeper than :data:`MAX_DEPTH`.
+longer than a 64-bit value needs, nesting deeper than :data:`MAX_DEPTH`, and text no
+store or handler can keep: lone surrogates (``"\\ud83d"``, what ``JSON.stringify``
+makes of a string cut inside an emoji) and NUL characters.
 """
 
 from __future__ import annotations
@@ -62,6 +64,29 @@ def _check_depth(value: Any) -> None:
                 stack.append((child, depth + 1))
 
 
+def _check_text(value: Any) -> None:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            _check_string(node)
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                _check_string(key)
+                stack.append(child)
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _check_string(text: str) -> None:
+    if "\0" in text:
+        raise InvalidPayload("text holds a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPayload("text holds a lone UTF-16 surrogate") from None
+
+
 def loads(body: bytes) -> Any:
     """Decode ``body`` or raise :class:`InvalidPayload`."""
     try:
@@ -79,4 +104,7 @@ def loads(body: bytes) -> Any:
     # Nesting deeper than MAX_DEPTH needs more brackets than that: count them in C first.
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH and isinstance(value, dict | list):
         _check_depth(value)
+    # Raw surrogates and NULs are invalid UTF-8 or JSON already; only escapes reach here.
+    if b"\\u" in body and (b"\\ud" in body.lower() or b"\\u0000" in body):
+        _check_text(value)
     return value

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -16,14 +15,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from gptimg_webhooks._core import strictjson
 from gptimg_webhooks._core.errors import StoreUnavailable, WebhookError
-from gptimg_webhooks._core.events import parse_event
-from gptimg_webhooks._core.handlers import Delivery
-from gptimg_webhooks._core.ledger import ClaimStatus, Entry, Record, State, Store
-from gptimg_webhooks._core.protocol import run_claimed
+from gptimg_webhooks._core.ledger import Record, State, Store
 from gptimg_webhooks._core.receiver import DEFAULT_RETENTION, DEFAULT_STORE, STORE_ENV, Webhooks
-from gptimg_webhooks._core.signature import Match
 from gptimg_webhooks.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -178,27 +172,6 @@ def _load_receiver(ref: str) -> Webhooks:
     return found
 
 
-def _run(hooks: Webhooks, rec: Record, claim_attempt: int, token: str) -> tuple[bool, str]:
-    """Run the handlers for a leased record; settle it like a delivery would."""
-    if rec.body is None:
-        return False, "no body kept"
-    try:
-        event = parse_event(strictjson.loads(rec.body))
-    except WebhookError as exc:
-        return False, f"body is not a valid event: {exc}"
-    delivery = Delivery(
-        rec.delivery_id, event.event, rec.key, Match(-1, "replay"), time.time(), claim_attempt
-    )
-    from gptimg_webhooks._core.ledger import Claim
-
-    claim = Claim(ClaimStatus.CLAIMED, claim_attempt, token)
-    response = hooks._drive(run_claimed(hooks, event, delivery, claim))
-    data = response.json
-    return response.status == 200 and data.get("status") == "processed", str(
-        data.get("status") or data.get("error")
-    )
-
-
 @ledger.command()
 @click.argument("keys", nargs=-1)
 @_store_option
@@ -243,34 +216,16 @@ def replay(
         else:
             wanted = ["failed", "dead"] if state == "both" else [str(state)]
             chosen = [r for s in wanted for r in store.records(State(s), limit=100_000)]
-        now = time.time()
         for rec in chosen:
             if rec.state not in (State.FAILED, State.DEAD):
                 results.append({"key": rec.key, "ok": False, "result": f"is {rec.state.value}"})
-                continue
-            if hooks is not None and rec.state is State.FAILED and rec.body is not None:
-                claim = store.claim(
-                    Entry(rec.key, rec.delivery_id, rec.event, rec.generation_id, rec.body),
-                    now=now,
-                    lease=hooks.lease,
-                )
-                if claim.status is ClaimStatus.CLAIMED:
-                    ok, word = _run(hooks, rec, claim.attempt, claim.token)
-                    results.append({"key": rec.key, "ok": ok, "result": word})
-                    continue
-            done = store.replay(rec.key, now=now)
-            word = "pending" if done else "not replayable"
-            results.append({"key": rec.key, "ok": done, "result": word})
-        if hooks is not None:
-            # Dead records went back to pending: run them as one worker pass would.
-            for rec, claim in store.lease_pending(now=time.time(), lease=hooks.lease, limit=1000):
-                ok, word = _run(hooks, rec, claim.attempt, claim.token)
-                for r in results:
-                    if r["key"] == rec.key:
-                        r.update(ok=ok, result=word)
-                        break
-                else:
-                    results.append({"key": rec.key, "ok": ok, "result": word})
+            elif hooks is not None:
+                word = hooks.rerun(rec.key)  # the one replay path; failing again: dead
+                results.append({"key": rec.key, "ok": word == "processed", "result": word})
+            else:
+                done = store.replay(rec.key)
+                word = "pending" if done else "not replayable"
+                results.append({"key": rec.key, "ok": done, "result": word})
     if as_json:
         print_json(results)
     else:
@@ -313,7 +268,7 @@ def prune(store_url: str | None, older_than: str, as_json: bool) -> None:
     """
     age = _seconds(older_than)
     with _open(store_url) as store:
-        removed = store.prune(time.time() - age)
+        removed = store.prune(age)
     if as_json:
         print_json({"removed": removed})
     else:

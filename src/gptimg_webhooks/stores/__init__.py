@@ -21,7 +21,7 @@ import importlib
 from urllib.parse import urlsplit
 
 from .._core.errors import ConfigurationError
-from .._core.ledger import Claim, ClaimStatus, Entry, Record, State, Store
+from .._core.ledger import Claim, ClaimStatus, Entry, Record, State, Store, set_opener
 
 __all__ = [
     "Claim",
@@ -79,3 +79,6 @@ def open_store(url: str, *, create: bool = True) -> Store:
             raise
         raise ConfigurationError(f"bad {scheme}:// store URL: {exc}") from exc
     return store
+
+
+set_opener(open_store)

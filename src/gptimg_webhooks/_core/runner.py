@@ -1,0 +1,425 @@
+"""Run a leased delivery's handlers and settle its record.
+
+One path for every runner: the inline receiver, its recovery sweep, workers and local
+replays. :func:`execute` runs the handlers and the done mark in the store's transaction
+while the :class:`Keeper` renews the lease in the background; :func:`settlement` says
+what a failed run becomes (a pure decision), and the callers perform it.
+
+The keeper is one daemon thread per receiver and process. It renews the leases of runs
+under way, lands done marks that met a store outage (the handlers ran: their mark is
+retried, holding the lease, never the handlers), hands back leases whose run could not
+be settled, and, off the request path, prunes the ledger and (inline mode) runs the
+recovery sweep: records left ``processing`` by a dead runner, once their lease runs
+out, are run again from their stored body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from .errors import LeaseLost, StoreUnavailable
+from .events import Event
+from .handlers import Delivery, HandlerSpec
+from .ledger import FINISHED, State
+
+if TYPE_CHECKING:
+    from .receiver import Webhooks
+
+__all__ = ["Backoff", "Keeper", "Result", "aexecute", "execute", "run_coroutine"]
+
+logger = logging.getLogger("gptimg_webhooks")
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """A runner's retry policy: exponential delays, then dead after ``max_attempts``."""
+
+    max_attempts: int = 5
+    initial: float = 30.0
+    factor: float = 4.0
+    cap: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.initial < 0 or self.factor < 1 or self.cap < 0:
+            raise ValueError(
+                "Backoff needs max_attempts >= 1, initial >= 0, factor >= 1 and cap >= 0"
+            )
+
+    def delay(self, attempt: int) -> float | None:
+        """Return the wait before the run after failed run ``attempt``; None: dead."""
+        if attempt >= self.max_attempts:
+            return None
+        return float(min(self.cap, self.initial * self.factor ** max(attempt - 1, 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one run came to.
+
+    ``outcome``: ``processed``, ``ignored``, ``failed`` (a handler raised: ``error``),
+    ``lease_lost`` (another runner took the record over) or ``store_unavailable``
+    (nothing committed; the keeper hands the lease back once the store returns).
+    """
+
+    outcome: str
+    error: BaseException | None = None
+
+
+def run_coroutine(coro: Any) -> Any:
+    """Run an async handler from sync code, even when this thread already has a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="gptimg-webhooks-handler")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def _message(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# Phases of a run: a store error means an outage only in the store's own phases.
+_OPEN, _HANDLERS, _MARK, _COMMIT = "open", "handlers", "mark", "commit"
+
+
+def execute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Result:
+    """Run ``event``'s handlers and the done mark, in the store's transaction, blocking."""
+    store, key = hooks.store, delivery.key
+    handlers = hooks.routes(event.event)
+    phase = _OPEN
+    with hooks.keeper.holding(key, token):
+        try:
+            with store.transaction() as tx:
+                phase = _HANDLERS
+                run = delivery if tx is None else replace(delivery, transaction=tx)
+                for func, wants_delivery, is_async in handlers:
+                    result = func(event, run) if wants_delivery else func(event)
+                    if is_async or asyncio.iscoroutine(result):
+                        store.run_async(result)
+                if tx is not None:
+                    store.check_transaction(tx)
+                phase = _MARK
+                if not store.complete(key, token, counter=hooks.guard_counter):
+                    raise LeaseLost("the lease was lost while the handlers ran")
+                phase = _COMMIT
+        except LeaseLost as exc:
+            return Result("lease_lost", exc)
+        except StoreUnavailable as exc:
+            if phase != _HANDLERS:
+                return _outage(hooks, key, token, phase, exc)
+            hooks.report(exc, event, delivery)
+            return Result("failed", exc)
+        except Exception as exc:
+            hooks.report(exc, event, delivery)
+            return Result("failed", exc)
+    return Result("processed" if handlers else "ignored")
+
+
+async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Result:
+    """Async twin of :func:`execute`: no thread waits unless a handler or the store needs one."""
+    store, key = hooks.store, delivery.key
+    handlers = hooks.routes(event.event)
+    all_async = all(h.is_async for h in handlers)
+    if store.transactional and not (store.async_transactions and all_async):
+        # A thread-bound transaction (Django's), or sync handlers that need a sync
+        # connection as delivery.transaction: handlers and the mark share one thread.
+        return await asyncio.to_thread(execute, hooks, event, delivery, token)
+    phase = _OPEN
+    with hooks.keeper.holding(key, token):
+        try:
+            async with store.atransaction() as tx:
+                phase = _HANDLERS
+                run = delivery if tx is None else replace(delivery, transaction=tx)
+                await _acall(handlers, event, run)
+                if tx is not None:
+                    store.check_transaction(tx)
+                phase = _MARK
+                if not await store.acomplete(key, token, counter=hooks.guard_counter):
+                    raise LeaseLost("the lease was lost while the handlers ran")
+                phase = _COMMIT
+        except LeaseLost as exc:
+            return Result("lease_lost", exc)
+        except StoreUnavailable as exc:
+            if phase != _HANDLERS:
+                return _outage(hooks, key, token, phase, exc)
+            await asyncio.to_thread(hooks.report, exc, event, delivery)
+            return Result("failed", exc)
+        except Exception as exc:
+            await asyncio.to_thread(hooks.report, exc, event, delivery)
+            return Result("failed", exc)
+    return Result("processed" if handlers else "ignored")
+
+
+async def _acall(handlers: tuple[HandlerSpec, ...], event: Event, delivery: Delivery) -> None:
+    for func, wants_delivery, is_async in handlers:
+        args = (event, delivery) if wants_delivery else (event,)
+        if is_async:
+            await func(*args)
+        else:
+            # A sync handler may block; keep it off the event loop.
+            result = await asyncio.to_thread(func, *args)
+            if asyncio.iscoroutine(result):
+                await result
+
+
+def _outage(hooks: Webhooks, key: str, token: str, phase: str, exc: StoreUnavailable) -> Result:
+    logger.error("ledger unavailable while settling %s: %s", key[:12], exc)
+    if phase == _MARK and not hooks.store.transactional:
+        # The handlers ran and their effects stand: land the mark later, holding the
+        # lease, rather than let a copy run them again.
+        hooks.keeper.settle_later(key, token, None)
+        return Result("processed")
+    # Nothing was committed (or the transaction went with the outage): hand the lease
+    # back as soon as the store returns, so the provider's retry can run it.
+    hooks.keeper.settle_later(key, token, f"store unavailable during the run ({phase})")
+    return Result("store_unavailable", exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What a failed run becomes: ``op`` is ``fail``, ``retry`` (after ``delay``) or ``bury``."""
+
+    op: str
+    delay: float = 0.0
+
+
+def settlement(backoff: Backoff, attempt: int, *, provider_retries: bool) -> Settlement:
+    """Decide how to settle a failed run.
+
+    When the provider will retry (it was answered non-2xx), the record is ``failed`` and
+    its retry claims it. Otherwise a runner must: ``retry`` after the backoff, or
+    ``bury`` once out of attempts.
+    """
+    if provider_retries:
+        return Settlement("fail")
+    delay = backoff.delay(attempt)
+    return Settlement("bury") if delay is None else Settlement("retry", delay)
+
+
+def settle_failure(hooks: Webhooks, key: str, token: str, error: str, plan: Settlement) -> bool:
+    """Perform ``plan``; a store outage leaves it to the keeper. Return whether it landed."""
+    store = hooks.store
+    try:
+        if plan.op == "retry":
+            return store.retry(key, token, error, delay=plan.delay)
+        if plan.op == "bury":
+            return store.bury(key, token, error)
+        return store.fail(key, token, error)
+    except StoreUnavailable:
+        hooks.keeper.settle_later(key, token, error)
+        return False
+
+
+async def asettle_failure(
+    hooks: Webhooks, key: str, token: str, error: str, plan: Settlement
+) -> bool:
+    """Async twin of :func:`settle_failure`."""
+    store = hooks.store
+    try:
+        if plan.op == "retry":
+            return await store.aretry(key, token, error, delay=plan.delay)
+        if plan.op == "bury":
+            return await store.abury(key, token, error)
+        return await store.afail(key, token, error)
+    except StoreUnavailable:
+        hooks.keeper.settle_later(key, token, error)
+        return False
+
+
+@dataclass(slots=True)
+class _Held:
+    token: str
+    renewed: float
+
+
+class Keeper:
+    """The receiver's background thread: leases, late settles, the sweep and retention."""
+
+    #: Seconds between the keeper's rounds (renewals are due every lease / 3).
+    tick = 0.25
+
+    def __init__(self, hooks: Webhooks) -> None:
+        self.hooks = hooks
+        self._lock = threading.Lock()
+        self._held: dict[str, _Held] = {}
+        #: key -> (token, error or None for a done mark)
+        self._later: dict[str, tuple[str, str | None]] = {}
+        self._unrecorded = 0
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._next_sweep = 0.0
+        self._next_prune = 0.0
+        self._sweeping = threading.Lock()
+
+    # Registration (any thread) ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def holding(self, key: str, token: str) -> Iterator[None]:
+        """Renew ``key``'s lease in the background while the block runs."""
+        self.start()
+        with self._lock:
+            self._held[key] = _Held(token, time.monotonic())
+        try:
+            yield
+        finally:
+            with self._lock:
+                held = self._held.get(key)
+                if held is not None and held.token == token:
+                    del self._held[key]
+
+    def settle_later(self, key: str, token: str, error: str | None) -> None:
+        """Land a done mark (``error`` None), or hand a lease back as failed, later."""
+        self.start()
+        with self._lock:
+            self._later[key] = (token, error)
+            self._held.setdefault(key, _Held(token, time.monotonic()))
+
+    def unrecorded_failure(self) -> None:
+        """Count a non-2xx answer the ledger could not count (it was down)."""
+        with self._lock:
+            self._unrecorded += 1
+
+    def start(self) -> None:
+        """Start the thread in this process if it is not running (after a fork too)."""
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        with self._lock:
+            if self._pid == os.getpid() and self._thread is not None:
+                return
+            self._pid = os.getpid()
+            self._held.clear()  # a parent's runs are not this child's
+            self._later.clear()
+            self._stop.clear()
+            self._next_sweep = time.monotonic() + self.hooks.sweep_interval
+            self._next_prune = time.monotonic() + 60.0  # not during start-up's first requests
+            self._thread = threading.Thread(
+                target=self._loop, name="gptimg-webhooks-keeper", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (tests, shutdown)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self._thread = None
+
+    @property
+    def pending_settles(self) -> int:
+        """How many done marks or hand-backs wait for the store."""
+        return len(self._later)
+
+    # The loop (keeper thread) ----------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.tick):
+            try:
+                self._round()
+            except Exception:  # never let the keeper die: it holds everyone's leases
+                logger.exception("ledger keeper round failed")
+
+    def _round(self) -> None:
+        hooks, store, now = self.hooks, self.hooks.store, time.monotonic()
+        with self._lock:
+            later = list(self._later.items())
+            due = [(k, h) for k, h in self._held.items() if now - h.renewed >= hooks.lease / 3]
+            unrecorded, self._unrecorded = self._unrecorded, 0
+        try:
+            for key, (token, error) in later:
+                self._settle(key, token, error)
+            for key, held in due:
+                if key in self._later:
+                    continue  # settled above, or still waiting for the store
+                held.renewed = now
+                if not store.renew(key, held.token, lease=hooks.lease):
+                    logger.warning("lease on %s was lost while its handlers ran", key[:12])
+                    with self._lock:
+                        if self._held.get(key) is held:
+                            del self._held[key]
+            if unrecorded:
+                store.bump(hooks.guard_counter, hooks.guard_limit, by=unrecorded)
+                unrecorded = 0
+        except StoreUnavailable as exc:
+            logger.warning("ledger keeper: store unavailable (%s); will retry", exc)
+            with self._lock:
+                self._unrecorded += unrecorded
+            return
+        if hooks.sweep and not hooks.deferred and now >= self._next_sweep:
+            self._next_sweep = now + hooks.sweep_interval
+            if self._sweeping.acquire(blocking=False):
+                threading.Thread(target=self._sweep, name="gptimg-webhooks-sweep").start()
+        if now >= self._next_prune:
+            self._next_prune = now + hooks.prune_interval
+            self._prune()
+
+    def _settle(self, key: str, token: str, error: str | None) -> None:
+        store = self.hooks.store
+        if error is None:
+            landed = store.complete(key, token, counter=self.hooks.guard_counter)
+            what = "done mark"
+        else:
+            landed = store.fail(key, token, error)
+            what = "failed mark"
+        with self._lock:
+            self._later.pop(key, None)
+            held = self._held.get(key)
+            if held is not None and held.token == token:
+                del self._held[key]
+        if landed:
+            logger.info("%s for %s landed after a store outage", what, key[:12])
+        else:
+            # Only the double fault gets here: the outage outlasted the lease and
+            # another runner took the record over.
+            logger.error(
+                "%s for %s was refused: the lease ran out during the outage", what, key[:12]
+            )
+
+    def _sweep(self) -> None:
+        """Run records a dead runner left behind (and pending ones), from their bodies."""
+        try:
+            self.hooks.recover(limit=self.hooks.sweep_batch)
+        except StoreUnavailable as exc:
+            logger.warning("recovery sweep: store unavailable (%s)", exc)
+        except Exception:
+            logger.exception("recovery sweep failed")
+        finally:
+            self._sweeping.release()
+
+    def _prune(self) -> None:
+        hooks = self.hooks
+        try:
+            count = hooks.store.prune(hooks.retention, (State.DONE,))
+            if count:
+                logger.info("pruned %d done record(s) older than the retention", count)
+            if hooks.failed_retention is not None:
+                states = tuple(s for s in FINISHED if s is not State.DONE)
+                gone = hooks.store.prune(hooks.failed_retention, states)
+                if gone:
+                    logger.warning(
+                        "pruned %d failed or dead record(s) older than failed_retention", gone
+                    )
+        except StoreUnavailable as exc:
+            logger.warning("pruning the ledger failed (%s); will try again", exc)
