@@ -68,6 +68,46 @@ def test_core_modules_import_only_stdlib_and_pydantic(path: Path) -> None:
             assert root == "pydantic" or root in sys.stdlib_module_names, (path.name, root)
 
 
+#: Everything outside the core: stores, adapters and tooling. The core never imports them.
+ABOVE_THE_CORE = ("stores", "asgi", "flask", "django", "fastapi", "cli", "testing", "worker")
+
+
+def _package_imports(path: Path) -> set[str]:
+    """Return the ``gptimg_webhooks`` subpackages a module imports, relative imports included."""
+    package = ["gptimg_webhooks", *path.relative_to(SRC).parent.parts]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = [*base, *(node.module.split(".") if node.module else [])]
+                if not node.module:  # from . import x
+                    target = [*base, node.names[0].name]
+            else:
+                target = (node.module or "").split(".")
+        elif isinstance(node, ast.Import):
+            target = node.names[0].name.split(".")
+        else:
+            continue
+        if target[0] == "gptimg_webhooks" and len(target) > 1:
+            found.add(target[1])
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((SRC / "_core").glob("*.py")), ids=lambda p: p.name)
+def test_core_never_imports_stores_adapters_or_tooling(path: Path) -> None:
+    assert not _package_imports(path) & set(ABOVE_THE_CORE), path.name
+
+
+def test_the_dependency_check_sees_relative_imports(tmp_path: Path) -> None:
+    probe = SRC / "_core" / "_probe_for_test.py"
+    probe.write_text("from ..stores import open_store\nfrom .. import worker\n")
+    try:
+        assert _package_imports(probe) == {"stores", "worker"}
+    finally:
+        probe.unlink()
+
+
 def test_import_pulls_in_no_framework_or_driver() -> None:
     code = (
         "import sys, gptimg_webhooks\n"

@@ -27,6 +27,11 @@ class Proxy:
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
+    def restore(self) -> None:
+        """Listen again on the same port after :meth:`cut`."""
+        if self._listener is None:
+            self.start()
+
     def cut(self) -> None:
         """Stop listening and reset every open connection, like a server that died."""
         if self._listener is not None:

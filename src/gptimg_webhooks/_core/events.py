@@ -113,4 +113,5 @@ def parse_event(payload: Any) -> Event:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidPayload(f"{name}: {where}: {first['msg']}") from None
+        # Field paths and pydantic's wording only: never the offending value itself.
+        raise InvalidPayload(f"{where}: {first['msg']}") from None

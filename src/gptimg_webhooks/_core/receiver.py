@@ -295,6 +295,7 @@ class Webhooks:
     def handle(self, method: str, headers: Headers, body: bytes) -> Response:
         """Answer one request, blocking (for WSGI and plain code)."""
         started = time.monotonic()
+        self.keeper.start()
         try:
             verified = verify_request(self.limits, method, headers, body, self.clock())
         except WebhookError as exc:
@@ -412,6 +413,7 @@ class Webhooks:
     async def handle_async(self, method: str, headers: Headers, body: bytes) -> Response:
         """Answer one request without blocking the event loop (for ASGI)."""
         started = time.monotonic()
+        self.keeper.start()
         try:
             verified = verify_request(self.limits, method, headers, body, self.clock())
         except WebhookError as exc:
@@ -548,6 +550,14 @@ class Webhooks:
     def replay(self, key: str) -> bool:
         """Put a failed or dead record back to pending for a runner; return whether it did."""
         return self.store.replay(key)
+
+    def start(self) -> None:
+        """Start this process's background keeper now, rather than on the first request.
+
+        It renews leases, lands late done marks, prunes, and (inline mode) runs the
+        recovery sweep. Safe to call more than once, and after a fork.
+        """
+        self.keeper.start()
 
     def close(self) -> None:
         """Stop the background keeper and close the store's connections."""

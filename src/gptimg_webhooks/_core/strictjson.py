@@ -24,9 +24,8 @@ MAX_INT_DIGITS = 20
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        seen: set[str] = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise InvalidPayload(f"duplicate key {dup!r}")
+        # The key itself is body text: never echoed into answers or logs.
+        raise InvalidPayload("duplicate key in an object")
     return obj
 
 
