@@ -5,37 +5,40 @@ Query options: ``prefix`` (key prefix, default ``gptimg:``), and redis-py's own
 ``socket_timeout`` / ``socket_connect_timeout`` (both default to 1 s here, so a dead
 server becomes a 503 well inside the provider's 5 s) and ``max_connections``.
 
-Every state change is one Lua script, so it is atomic on the server: a claim is a
-compare-and-set on the record's state, lease and fencing token, and ``complete`` /
-``fail`` act only while the caller's token still holds the lease. Timestamps come from
-the callers' clocks (like every store), so keep the hosts' clocks in sync (NTP).
+Every state change is one run of one generic Lua script, ``apply``, which interprets the
+:class:`~gptimg_webhooks._core.ledger.Transition` it is given (sources, target, flags)
+as a compare-and-set on the record; it is atomic on the server. Times are the server's
+own (``TIME``), so no host's clock can break or stretch a lease (``server_time``).
 
 Key layout, with ``P`` the prefix::
 
     P d:<key>         hash: state, delivery_id, event, generation_id, attempts, token,
                       lease_until, available_at, body, error, created_at, updated_at
     P s:<state>       sorted set of keys in that state, scored by updated_at
-                      (listing newest first, and pruning finished records)
+                      (listing newest first, and pruning)
     P due             sorted set of pending keys, scored by when they become leasable
     P leases          sorted set of processing keys, scored by lease expiry
-    P failures        the shared count of consecutive handler failures
+    P c:<name>        a shared counter (the failure streak of an endpoint)
 
-Nothing needs creating: the keys appear on first use. Retention: ``prune`` (which the
-receiver runs about hourly with its ``retention``, 30 days by default) deletes
-finished records (done, failed, dead) older than the cutoff; no key carries a TTL, so
-run Redis with ``maxmemory-policy noeviction`` (or a ``volatile-*`` policy): an
-``allkeys-*`` policy could evict records and let a replay through. Use a standalone
-server or a Sentinel-managed primary; Redis Cluster is not supported (the scripts touch
-keys they compute). Persistence (AOF ``appendfsync everysec``) bounds what a crash of
-Redis itself can forget to about a second of claims.
+Nothing needs creating: the keys appear on first use. Retention: ``prune`` deletes
+records of the given states older than the cutoff; no key carries a TTL, so run Redis
+with ``maxmemory-policy noeviction`` (or a ``volatile-*`` policy): an ``allkeys-*``
+policy could evict records and let a replay through. Use a standalone server or a
+Sentinel-managed primary; Redis Cluster is not supported (the scripts touch keys they
+compute). Persistence (AOF ``appendfsync everysec``) bounds what a crash of Redis
+itself can forget to about a second of claims. Needs Redis 5 or later (scripts that read
+``TIME`` and then write are replicated by their effects).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import os
+import re
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -49,7 +52,7 @@ import redis.exceptions
 import redis.retry
 
 from gptimg_webhooks._core.errors import ConfigurationError, StoreUnavailable
-from gptimg_webhooks._core.ledger import Claim, ClaimStatus, Entry, Record, State, Store
+from gptimg_webhooks._core.ledger import Applied, Entry, Record, State, Store, Transition
 
 from .memory import new_token
 
@@ -60,181 +63,158 @@ DEFAULT_PREFIX = "gptimg:"
 #: into a 503 well inside the provider's 5 s timeout.
 DEFAULT_TIMEOUT = 1.0
 _PRUNE_BATCH = 500
+#: Prune batches per call: a bound on the loop, far above any real backlog's need.
+_PRUNE_ROUNDS = 100_000
 
+# The server's clock as seconds; written with 6 decimals (Lua's own formatting keeps 14
+# digits, which would round microseconds away).
 _PRELUDE = """
 local P = ARGV[1]
-local function move(key, old, new, score)
-  if old then redis.call('ZREM', P .. 's:' .. old, key) end
-  redis.call('ZADD', P .. 's:' .. new, score, key)
-end
-local function opt(rec, field, value)
-  if string.len(value) > 0 then redis.call('HSET', rec, field, string.sub(value, 2)) end
-end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function num(x) return string.format('%.6f', x) end
 """
 
-# ARGV: P, key, delivery_id, =event|'', =generation_id|'', body, now, lease_until,
-# token, defer. Returns {status, attempts}.
-_CLAIM = (
+# KEYS: the record's hash. ARGV: P, key, sources, target, flags (space-separated names
+# of the Transition's fields), token, lease, error ('' none, '=text'), delay, counter,
+# new token, entry ('' none, else '1'), delivery_id, event, generation_id, body
+# (optional texts as for error).
+# Returns {1, attempts, token, record fields or {}} or {0, state found or ''}.
+_APPLY = (
     _PRELUDE
     + """
-local rec, key, now, lease_until, token = KEYS[1], ARGV[2], ARGV[7], ARGV[8], ARGV[9]
-local defer = ARGV[10] == '1'
-local state = redis.call('HGET', rec, 'state')
+local rec, key, target = KEYS[1], ARGV[2], ARGV[4]
+local flag = {}
+for name in string.gmatch(ARGV[5], '%S+') do flag[name] = true end
+local cur = redis.call('HMGET', rec, 'state', 'lease_until', 'available_at', 'token')
+local state = cur[1]
+-- What each Source means; any other source names a state the row must be in.
+local source = {
+  absent = function() return not state and ARGV[12] ~= '' end,
+  due = function() return state == 'pending' and (not cur[3] or tonumber(cur[3]) <= now) end,
+  expired = function() return state == 'processing' and tonumber(cur[2] or '0') <= now end,
+  held = function() return state == 'processing' and ARGV[6] ~= '' and cur[4] == ARGV[6] end,
+}
+local ok = false
+for name in string.gmatch(ARGV[3], '%S+') do
+  if source[name] then ok = source[name]() else ok = state == name end
+  if ok then break end
+end
+if not ok then return {0, state or ''} end
+
+local set, drop = {'state', target, 'updated_at', num(now)}, {}
+local function put(field, value) set[#set + 1] = field; set[#set + 1] = value end
+local function text(field, value)
+  if value == '' then drop[#drop + 1] = field else put(field, string.sub(value, 2)) end
+end
 if not state then
-  redis.call('HSET', rec, 'delivery_id', ARGV[3], 'body', ARGV[6],
-             'created_at', now, 'updated_at', now)
-  opt(rec, 'event', ARGV[4])
-  opt(rec, 'generation_id', ARGV[5])
-  if defer then
-    redis.call('HSET', rec, 'state', 'pending', 'attempts', 0)
-    move(key, nil, 'pending', now)
-    redis.call('ZADD', P .. 'due', now, key)
-    return {'pending', 0}
-  end
-  redis.call('HSET', rec, 'state', 'processing', 'attempts', 1, 'token', token,
-             'lease_until', lease_until)
-  move(key, nil, 'processing', now)
-  redis.call('ZADD', P .. 'leases', lease_until, key)
-  return {'claimed', 1}
+  put('delivery_id', ARGV[13]); put('body', ARGV[16])
+  put('created_at', num(now)); put('attempts', 0)
+  text('event', ARGV[14]); text('generation_id', ARGV[15])
 end
-if state == 'done' or state == 'dead' or state == 'pending' then return {state, 0} end
-if state == 'processing' then
-  local held = tonumber(redis.call('HGET', rec, 'lease_until') or '0') > tonumber(now)
-  if held or defer then
-    -- An expired lease stays in 'leases', where a worker's lease_pending finds it.
-    return {defer and 'pending' or 'in_progress', 0}
-  end
-elseif defer then  -- failed: back to the queue
-  redis.call('HSET', rec, 'state', 'pending', 'updated_at', now)
-  redis.call('HDEL', rec, 'token', 'lease_until', 'available_at')
-  move(key, state, 'pending', now)
-  redis.call('ZADD', P .. 'due', now, key)
-  return {'pending', 0}
-end
-local attempts = redis.call('HINCRBY', rec, 'attempts', 1)
-redis.call('HSET', rec, 'state', 'processing', 'token', token, 'lease_until', lease_until,
-           'updated_at', now)
-redis.call('HDEL', rec, 'available_at')
-move(key, state, 'processing', now)
-redis.call('ZADD', P .. 'leases', lease_until, key)
-return {'claimed', attempts}
-"""
-)
-
-# ARGV: P, key, token, now, new state, error, retry_at|''. Returns 1 when settled.
-_SETTLE = (
-    _PRELUDE
-    + """
-local rec, key, token, now, new = KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local cur = redis.call('HMGET', rec, 'state', 'token')
-if cur[1] ~= 'processing' or cur[2] ~= token then return 0 end
-redis.call('HSET', rec, 'state', new, 'updated_at', now)
-redis.call('HDEL', rec, 'token', 'lease_until', 'available_at')
-redis.call('ZREM', P .. 'leases', key)
-move(key, 'processing', new, now)
-if new == 'done' then
-  redis.call('HDEL', rec, 'body', 'error')
-  redis.call('SET', P .. 'failures', 0)
+local token, lease_until = cur[4] or '', nil
+if flag.lease then
+  token, lease_until = ARGV[11], num(now + tonumber(ARGV[7]))
+  put('token', token); put('lease_until', lease_until)
+elseif flag.extend then
+  lease_until = num(now + tonumber(ARGV[7]))
+  put('lease_until', lease_until)
 else
-  redis.call('HSET', rec, 'error', ARGV[6])
-  if new == 'pending' then
-    redis.call('HSET', rec, 'available_at', ARGV[7])
-    redis.call('ZADD', P .. 'due', ARGV[7], key)
-  end
+  token = ''
+  drop[#drop + 1] = 'token'; drop[#drop + 1] = 'lease_until'
 end
-return 1
+local available_at = nil
+if flag.delay then
+  available_at = num(now + tonumber(ARGV[9]))
+  put('available_at', available_at)
+else
+  drop[#drop + 1] = 'available_at'
+end
+if flag.error then text('error', ARGV[8]) end
+redis.call('HSET', rec, unpack(set))
+if flag.clear then drop[#drop + 1] = 'body'; drop[#drop + 1] = 'error' end
+if #drop > 0 then redis.call('HDEL', rec, unpack(drop)) end
+local attempts = redis.call('HINCRBY', rec, 'attempts', flag.lease and 1 or 0)
+if flag.ends_streak and ARGV[10] ~= '' then redis.call('DEL', P .. 'c:' .. ARGV[10]) end
+
+-- The indexes follow the row: its state, whether it is queued, whether it is leased.
+if state then redis.call('ZREM', P .. 's:' .. state, key) end
+redis.call('ZADD', P .. 's:' .. target, num(now), key)
+if target == 'pending' then
+  redis.call('ZADD', P .. 'due', available_at or num(now), key)
+else
+  redis.call('ZREM', P .. 'due', key)
+end
+if lease_until then
+  redis.call('ZADD', P .. 'leases', lease_until, key)
+else
+  redis.call('ZREM', P .. 'leases', key)
+end
+return {1, attempts, token, flag.returns_record and redis.call('HGETALL', rec) or {}}
 """
 )
 
-# ARGV: P, key, now. Returns 1 when the record went back to pending.
-_REPLAY = (
+# ARGV: P, limit. Returns the queued and the expired keys leasable now, with scores.
+_DUE = (
     _PRELUDE
     + """
-local rec, key, now = KEYS[1], ARGV[2], ARGV[3]
-local state = redis.call('HGET', rec, 'state')
-if state ~= 'failed' and state ~= 'dead' then return 0 end
-redis.call('HSET', rec, 'state', 'pending', 'updated_at', now)
-redis.call('HDEL', rec, 'available_at')
-move(key, state, 'pending', now)
-redis.call('ZADD', P .. 'due', now, key)
-return 1
-"""
-)
-
-# ARGV: P, now, lease_until, limit, token... Returns {key, HGETALL...} per leased record.
-_LEASE = (
-    _PRELUDE
-    + """
-local now, lease_until, limit = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local out = {}
-local function take(set, wanted)
-  local keys = redis.call('ZRANGEBYSCORE', P .. set, '-inf', now, 'LIMIT', 0, limit - #out)
-  for _, key in ipairs(keys) do
-    local rec = P .. 'd:' .. key
-    local state = redis.call('HGET', rec, 'state')
-    redis.call('ZREM', P .. set, key)
-    if state == wanted then
-      redis.call('HINCRBY', rec, 'attempts', 1)
-      redis.call('HSET', rec, 'state', 'processing', 'token', ARGV[5 + #out],
-                 'lease_until', lease_until, 'updated_at', now)
-      redis.call('HDEL', rec, 'available_at')
-      move(key, state, 'processing', now)
-      redis.call('ZADD', P .. 'leases', lease_until, key)
-      out[#out + 1] = {key, redis.call('HGETALL', rec)}
-    end
-  end
+local function upto(set)
+  return redis.call('ZRANGEBYSCORE', P .. set, '-inf', num(now), 'WITHSCORES',
+                    'LIMIT', 0, tonumber(ARGV[2]))
 end
-take('due', 'pending')
-if #out < limit then take('leases', 'processing') end
-return out
+return {upto('due'), upto('leases')}
 """
 )
 
-# ARGV: P, before, batch. Returns how many finished records it deleted.
+# ARGV: P, older_than, cutoff ('' on the first batch), batch, states...
+# Returns {deleted, cutoff}: later batches reuse the first one's cutoff.
 _PRUNE = (
     _PRELUDE
     + """
-local before, batch, n = '(' .. ARGV[2], tonumber(ARGV[3]), 0
-for _, state in ipairs({'done', 'failed', 'dead'}) do
+local cutoff = ARGV[3] ~= '' and ARGV[3] or num(now - tonumber(ARGV[2]))
+local batch, n = tonumber(ARGV[4]), 0
+for i = 5, #ARGV do
   if n >= batch then break end
-  local keys = redis.call('ZRANGEBYSCORE', P .. 's:' .. state, '-inf', before,
-                          'LIMIT', 0, batch - n)
+  local index = P .. 's:' .. ARGV[i]
+  local keys = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. cutoff, 'LIMIT', 0, batch - n)
   for _, key in ipairs(keys) do
     redis.call('DEL', P .. 'd:' .. key)
-    redis.call('ZREM', P .. 's:' .. state, key)
+    redis.call('ZREM', index, key)
+    redis.call('ZREM', P .. 'due', key)
+    redis.call('ZREM', P .. 'leases', key)
     n = n + 1
   end
 end
-return n
+return {n, cutoff}
 """
 )
 
-# ARGV: P, limit. Returns 1 when the streak passed the limit (and was reset).
-_FAILURE = """
-local n = redis.call('INCR', ARGV[1] .. 'failures')
-if n > tonumber(ARGV[2]) then
-  redis.call('SET', ARGV[1] .. 'failures', 0)
+# KEYS: the counter. ARGV: limit, by. Returns 1 when it reached the limit (and was reset).
+_BUMP = """
+if redis.call('INCRBY', KEYS[1], ARGV[2]) >= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
   return 1
 end
 return 0
 """
 
-_SCRIPTS = {
-    "claim": _CLAIM,
-    "settle": _SETTLE,
-    "replay": _REPLAY,
-    "lease": _LEASE,
-    "prune": _PRUNE,
-    "failure": _FAILURE,
-}
-_STATUS = {
-    b"claimed": ClaimStatus.CLAIMED,
-    b"done": ClaimStatus.DONE,
-    b"dead": ClaimStatus.DEAD,
-    b"pending": ClaimStatus.PENDING,
-    b"in_progress": ClaimStatus.IN_PROGRESS,
-}
+_SCRIPTS = {"apply": _APPLY, "due": _DUE, "prune": _PRUNE, "bump": _BUMP}
 _ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+
+
+@functools.cache
+def _encode(transition: Transition) -> list[str]:
+    """Spell a transition for the apply script: its sources, target and set flags."""
+    flags = [
+        f.name
+        for f in dataclasses.fields(transition)
+        if getattr(transition, f.name) is True  # the bool fields that are set
+    ]
+    return [
+        " ".join(sorted(s.value for s in transition.sources)),
+        transition.target.value,
+        " ".join(flags),
+    ]
 
 
 def _opt(value: str | None) -> str:
@@ -243,7 +223,6 @@ def _opt(value: str | None) -> str:
 
 
 def _num(value: float) -> str:
-    # repr keeps every digit; Lua's own number formatting would round to 14.
     return repr(float(value))
 
 
@@ -278,10 +257,29 @@ def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
 
 @contextmanager
 def _unavailable(what: str) -> Iterator[None]:
+    """Turn any Redis or network error into StoreUnavailable: the one place it happens."""
     try:
         yield
     except _ERRORS as exc:
         raise StoreUnavailable(f"Redis ledger {what}: {type(exc).__name__}: {exc}") from exc
+
+
+_DB_PATH = re.compile(r"/?(\d+)?/?")
+
+
+def _check_url(url: str, options: dict[str, Any]) -> str:
+    """Validate a Redis URL and its options now; return ``host:port`` for messages."""
+    try:
+        parts = urlsplit(url)
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        if not _DB_PATH.fullmatch(parts.path):
+            raise ValueError(f"the path must be a database number, not {parts.path!r}")
+        pool = redis.ConnectionPool.from_url(url, **options)
+        # Building a connection object opens no socket, but rejects unknown options.
+        pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
+    return where
 
 
 class RedisStore(Store):
@@ -289,25 +287,21 @@ class RedisStore(Store):
 
     schemes = ("redis", "rediss")
     native_async = True
+    server_time = True
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = DEFAULT_PREFIX):
         if not prefix:
             raise ConfigurationError("the Redis key prefix must not be empty")
+        if urlsplit(url).scheme not in self.schemes:
+            raise ConfigurationError(f"not a Redis URL: {url!r}")
         self.prefix = prefix
         self._url = url
-        parts = urlsplit(url)
-        if parts.scheme not in self.schemes:
-            raise ConfigurationError(f"not a Redis URL: {url!r}")
-        self._where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-        try:
-            redis.connection.parse_url(url)  # type: ignore[no-untyped-call]  # fail now, not on first use
-        except ValueError as exc:
-            raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
         # Defaults only: redis-py lets options in the URL's query override them.
         self._options: dict[str, Any] = {
             "socket_timeout": DEFAULT_TIMEOUT,
             "socket_connect_timeout": DEFAULT_TIMEOUT,
         }
+        self._where = _check_url(url, self._options)  # fail at start-up, not on first use
         self._pid = os.getpid()
         self._client: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
@@ -318,7 +312,8 @@ class RedisStore(Store):
         self._orphans: list[Any] = []
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
+    def from_url(cls, url: str, *, create: bool = True) -> RedisStore:
+        """Open a store from its URL; ``create`` is accepted, as Redis has nothing to create."""
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
@@ -372,86 +367,77 @@ class RedisStore(Store):
 
     # Arguments and results, shared by the sync and async methods --------------------
 
-    def _claim_args(self, entry: Entry, now: float, lease: float, defer: bool) -> list[Any]:
+    def _apply_args(
+        self,
+        transition: Transition,
+        key: str,
+        entry: Entry | None,
+        token: str,
+        lease: float,
+        error: str | None,
+        delay: float,
+        counter: str,
+    ) -> list[Any]:
+        args: list[Any] = [self.prefix, key, *_encode(transition)]
+        args += [token, _num(lease), _opt(error), _num(delay), counter]
+        args.append(new_token() if transition.lease else "")
+        if entry is None:
+            return [*args, "", "", "", "", ""]
         return [
-            self.prefix,
-            entry.key,
+            *args,
+            "1",
             entry.delivery_id,
             _opt(entry.event),
             _opt(entry.generation_id),
             entry.body,
-            _num(now),
-            _num(now + lease),
-            new_token(),
-            "1" if defer else "0",
         ]
 
     @staticmethod
-    def _claim_result(result: Sequence[Any], token: str) -> Claim:
-        status = _STATUS[result[0]]
-        if status is ClaimStatus.CLAIMED:
-            return Claim(status, int(result[1]), token)
-        return Claim(status)
-
-    def _fail_args(
-        self, key: str, token: str, error: str, *, now: float, dead: bool, retry_at: float | None
-    ) -> list[Any]:
-        state = State.DEAD if dead else State.PENDING if retry_at is not None else State.FAILED
-        return [
-            self.prefix,
-            key,
-            token,
-            _num(now),
-            state.value,
-            error,
-            "" if retry_at is None else _num(retry_at),
-        ]
-
-    def _lease_args(self, now: float, lease: float, limit: int) -> list[Any]:
-        return [self.prefix, _num(now), _num(now + lease), limit] + [
-            new_token() for _ in range(limit)
-        ]
+    def _applied(transition: Transition, key: str, result: Sequence[Any]) -> Applied:
+        if not result[0]:
+            return Applied(False, State(result[1].decode()) if result[1] else None)
+        record = _record(key, _pairs(result[3])) if transition.returns_record else None
+        return Applied(True, transition.target, int(result[1]), result[2].decode(), record)
 
     @staticmethod
-    def _leased(result: Sequence[Any]) -> list[tuple[Record, Claim]]:
-        leased = []
-        for raw_key, flat in result:
-            fields = _pairs(flat)
-            rec = _record(raw_key.decode(), fields)
-            leased.append(
-                (rec, Claim(ClaimStatus.CLAIMED, rec.attempts, fields[b"token"].decode()))
-            )
-        return leased
+    def _due(result: Sequence[Any], limit: int) -> list[str]:
+        scored = [
+            (float(score), raw.decode())
+            for found in result
+            for raw, score in zip(found[::2], found[1::2], strict=True)
+        ]
+        return [key for _, key in sorted(scored)[:limit]]
+
+    def _prune_args(self, older_than: float, cutoff: str, states: Collection[State]) -> list[Any]:
+        return [self.prefix, _num(older_than), cutoff, _PRUNE_BATCH, *(s.value for s in states)]
 
     # Sync ---------------------------------------------------------------------------
 
-    def claim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
-        args = self._claim_args(entry, now, lease, defer)
-        with self._errors("claim"):
-            _, scripts = self._sync()
-            result = scripts["claim"](keys=[self._rec(entry.key)], args=args)
-        return self._claim_result(result, args[8])
-
-    def complete(self, key: str, token: str, *, now: float) -> bool:
-        args = [self.prefix, key, token, _num(now), State.DONE.value, "", ""]
-        with self._errors("complete"):
-            _, scripts = self._sync()
-            return bool(scripts["settle"](keys=[self._rec(key)], args=args))
-
-    def fail(
+    def apply(
         self,
+        transition: Transition,
         key: str,
-        token: str,
-        error: str,
         *,
-        now: float,
-        dead: bool = False,
-        retry_at: float | None = None,
-    ) -> bool:
-        args = self._fail_args(key, token, error, now=now, dead=dead, retry_at=retry_at)
-        with self._errors("fail"):
+        entry: Entry | None = None,
+        token: str = "",
+        lease: float = 0.0,
+        error: str | None = None,
+        delay: float = 0.0,
+        counter: str = "",
+    ) -> Applied:
+        args = self._apply_args(transition, key, entry, token, lease, error, delay, counter)
+        with self._errors(transition.name):
             _, scripts = self._sync()
-            return bool(scripts["settle"](keys=[self._rec(key)], args=args))
+            result = scripts["apply"](keys=[self._rec(key)], args=args)
+        return self._applied(transition, key, result)
+
+    def due(self, limit: int) -> Sequence[str]:
+        if limit < 1:
+            return []
+        with self._errors("due"):
+            _, scripts = self._sync()
+            result = scripts["due"](args=[self.prefix, limit])
+        return self._due(result, limit)
 
     def get(self, key: str) -> Record | None:
         with self._errors("get"):
@@ -478,37 +464,21 @@ class RedisStore(Store):
         # A record pruned between the two round trips is simply left out.
         return [_record(k.decode(), f) for (k, _), f in zip(newest, rows, strict=True) if f]
 
-    def replay(self, key: str, *, now: float) -> bool:
-        with self._errors("replay"):
-            _, scripts = self._sync()
-            return bool(
-                scripts["replay"](keys=[self._rec(key)], args=[self.prefix, key, _num(now)])
-            )
-
-    def prune(self, before: float) -> int:
-        total = 0
+    def prune(self, older_than: float, states: Collection[State] = (State.DONE,)) -> int:
+        total, cutoff = 0, ""
         with self._errors("prune"):
             _, scripts = self._sync()
-            while True:  # in batches, so no single script blocks the server for long
-                n = int(scripts["prune"](args=[self.prefix, _num(before), _PRUNE_BATCH]))
-                total += n
-                if n < _PRUNE_BATCH:
-                    return total
+            for _ in range(_PRUNE_ROUNDS):  # batches: no one script holds the server long
+                n, raw = scripts["prune"](args=self._prune_args(older_than, cutoff, states))
+                total, cutoff = total + int(n), raw.decode()
+                if int(n) < _PRUNE_BATCH:
+                    break
+        return total
 
-    def record_failure(self, limit: int) -> bool:
-        with self._errors("record_failure"):
+    def bump(self, counter: str, limit: int, by: int = 1) -> bool:
+        with self._errors("bump"):
             _, scripts = self._sync()
-            return bool(scripts["failure"](args=[self.prefix, limit]))
-
-    def lease_pending(
-        self, *, now: float, lease: float, limit: int = 10
-    ) -> Sequence[tuple[Record, Claim]]:
-        if limit < 1:
-            return []
-        with self._errors("lease_pending"):
-            _, scripts = self._sync()
-            result = scripts["lease"](args=self._lease_args(now, lease, limit))
-        return self._leased(result)
+            return bool(scripts["bump"](keys=[f"{self.prefix}c:{counter}"], args=[limit, by]))
 
     def close(self) -> None:
         if self._client is not None and self._pid == os.getpid():
@@ -517,58 +487,47 @@ class RedisStore(Store):
 
     # Async: native asyncio calls, same scripts --------------------------------------
 
-    async def aclaim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
-        args = self._claim_args(entry, now, lease, defer)
-        with self._errors("claim"):
-            _, scripts = self._async()
-            result = await scripts["claim"](keys=[self._rec(entry.key)], args=args)
-        return self._claim_result(result, args[8])
-
-    async def acomplete(self, key: str, token: str, *, now: float) -> bool:
-        args = [self.prefix, key, token, _num(now), State.DONE.value, "", ""]
-        with self._errors("complete"):
-            _, scripts = self._async()
-            return bool(await scripts["settle"](keys=[self._rec(key)], args=args))
-
-    async def afail(
+    async def aapply(
         self,
+        transition: Transition,
         key: str,
-        token: str,
-        error: str,
         *,
-        now: float,
-        dead: bool = False,
-        retry_at: float | None = None,
-    ) -> bool:
-        args = self._fail_args(key, token, error, now=now, dead=dead, retry_at=retry_at)
-        with self._errors("fail"):
+        entry: Entry | None = None,
+        token: str = "",
+        lease: float = 0.0,
+        error: str | None = None,
+        delay: float = 0.0,
+        counter: str = "",
+    ) -> Applied:
+        args = self._apply_args(transition, key, entry, token, lease, error, delay, counter)
+        with self._errors(transition.name):
             _, scripts = self._async()
-            return bool(await scripts["settle"](keys=[self._rec(key)], args=args))
+            result = await scripts["apply"](keys=[self._rec(key)], args=args)
+        return self._applied(transition, key, result)
 
-    async def arecord_failure(self, limit: int) -> bool:
-        with self._errors("record_failure"):
-            _, scripts = self._async()
-            return bool(await scripts["failure"](args=[self.prefix, limit]))
-
-    async def aprune(self, before: float) -> int:
-        total = 0
-        with self._errors("prune"):
-            _, scripts = self._async()
-            while True:
-                n = int(await scripts["prune"](args=[self.prefix, _num(before), _PRUNE_BATCH]))
-                total += n
-                if n < _PRUNE_BATCH:
-                    return total
-
-    async def alease_pending(
-        self, *, now: float, lease: float, limit: int = 10
-    ) -> Sequence[tuple[Record, Claim]]:
+    async def adue(self, limit: int) -> Sequence[str]:
         if limit < 1:
             return []
-        with self._errors("lease_pending"):
+        with self._errors("due"):
             _, scripts = self._async()
-            result = await scripts["lease"](args=self._lease_args(now, lease, limit))
-        return self._leased(result)
+            result = await scripts["due"](args=[self.prefix, limit])
+        return self._due(result, limit)
+
+    async def aprune(self, older_than: float, states: Collection[State] = (State.DONE,)) -> int:
+        total, cutoff = 0, ""
+        with self._errors("prune"):
+            _, scripts = self._async()
+            for _ in range(_PRUNE_ROUNDS):
+                n, raw = await scripts["prune"](args=self._prune_args(older_than, cutoff, states))
+                total, cutoff = total + int(n), raw.decode()
+                if int(n) < _PRUNE_BATCH:
+                    break
+        return total
+
+    async def abump(self, counter: str, limit: int, by: int = 1) -> bool:
+        with self._errors("bump"):
+            _, scripts = self._async()
+            return bool(await scripts["bump"](keys=[f"{self.prefix}c:{counter}"], args=[limit, by]))
 
     async def aclose(self) -> None:
         """Close this event loop's client, then the sync one."""
