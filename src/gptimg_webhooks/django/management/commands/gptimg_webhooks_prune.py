@@ -28,7 +28,7 @@ class Command(BaseCommand):
             age = hooks.retention if days is None else days * 86400.0
             if age < 0:
                 raise CommandError("--older-than must not be negative")
-            count = hooks.store.prune(hooks.clock() - age)
+            count = hooks.store.prune(age)
         except WebhookError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Pruned {count} ledger record(s) older than {age / 86400:g} days.")
