@@ -50,7 +50,11 @@ def clock() -> Clock:
 
 @pytest.fixture(params=["memory", "sqlite"])
 def hooks(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Webhooks:
-    store = MemoryStore(clock=clock) if request.param == "memory" else SQLiteStore(str(tmp_path / "l.db"), clock=clock)
+    store = (
+        MemoryStore(clock=clock)
+        if request.param == "memory"
+        else SQLiteStore(str(tmp_path / "l.db"), clock=clock)
+    )
     return Webhooks(SECRET, store=store, mode="deferred", clock=clock, include_shared=False)
 
 

@@ -16,6 +16,7 @@ from flask import Flask, Response, jsonify
 from gptimg_webhooks import Delivery, GenerationFailed, GenerationSucceeded
 from gptimg_webhooks.flask import GptimgWebhooks
 from gptimg_webhooks.testing import Gallery, render_gallery
+from gptimg_webhooks.testing.gallery import demo_plan
 
 DATA_DIR = os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or Path(__file__).parent / "data"
 gallery = Gallery(DATA_DIR)  # SQLite: every worker process sees the same rows
@@ -24,11 +25,11 @@ webhooks = GptimgWebhooks()
 
 @webhooks.on("generation.succeeded", "generation.failed")
 def record(event: GenerationSucceeded | GenerationFailed, delivery: Delivery) -> None:
-    # Demo behaviours, so tests and the demo can exercise in-progress duplicates and retries.
-    if event.data.generation_id.startswith("gen_slow_"):
-        time.sleep(1.5)
-    if event.data.generation_id.startswith("gen_flaky_") and delivery.attempt == 1:
-        raise RuntimeError("flaky handler: fails on the first attempt")
+    # Demo behaviours (slow, flaky, stalling ids), so tests can exercise retries.
+    seconds, error = demo_plan(event, delivery.attempt)
+    time.sleep(seconds)
+    if error:
+        raise RuntimeError(error)
     gallery.add(event)
 
 

@@ -1,8 +1,9 @@
 """The HTTP contract every adapter holds, checked against a live server.
 
 The server must run one of the examples (or follow their contract): handlers record to
-``/generations``; ``gen_slow_*`` generations take 1.5 s; ``gen_flaky_*`` ones fail on the
-first attempt only.
+``/generations``; the generation id prefixes of
+:data:`gptimg_webhooks.testing.gallery.DEMO_BEHAVIOURS` make handlers slow, flaky or
+stalling past the reply deadline.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 import httpx
 
 from gptimg_webhooks import sign
+from gptimg_webhooks.testing import Simulator, events, signed
+from gptimg_webhooks.testing.simulator import Clock
 
 EVENT = "generation.succeeded"
 
@@ -163,6 +167,21 @@ def check_contract(base: str, secret: str, path: str = "/hooks/gptimg") -> list[
 
         expect("method GET", client.get(url), 405)
 
+        # JSON.stringify of a string cut mid-emoji: refused as input, never a 503.
+        cut = payload(f"gen_cut_{tag}", event="generation.failed", error="boom \ud83d")
+        h = headers(cut, secret, event="generation.failed")
+        response = client.post(url, content=cut, headers=h)
+        expect("lone surrogate", response, 400)
+        assert response.json()["error"] == "invalid_payload"
+
+        stall = payload(f"gen_stall_{tag}")
+        started = time.monotonic()
+        response = client.post(url, content=stall, headers=headers(stall, secret))
+        took = time.monotonic() - started
+        expect("reply deadline", response, 202)
+        assert response.json()["status"] == "processing", response.text
+        assert took < 4.8, took  # inside the provider's 5 s, the handler still running
+
         unknown = json.dumps(
             {"event": "generation.cancelled", "data": {"generationId": f"gen_u_{tag}"}}
         ).encode()
@@ -175,7 +194,42 @@ def check_contract(base: str, secret: str, path: str = "/hooks/gptimg") -> list[
     assert seen[f"gen_slow_{tag}"] == 1
     assert seen[f"gen_flaky_{tag}"] == 1
     assert seen[f"gen_u_{tag}"] == 0
+    assert seen[f"gen_cut_{tag}"] == 0
+    # The stalled handler finishes behind the answer, once.
+    deadline = time.monotonic() + 15
+    while Counter(r["generationId"] for r in rows)[f"gen_stall_{tag}"] == 0:
+        assert time.monotonic() < deadline, "the stalled handler never finished"
+        time.sleep(0.25)
+        rows = httpx.get(base + "/generations", timeout=10).json()
+    assert Counter(r["generationId"] for r in rows)[f"gen_stall_{tag}"] == 1
+    endpoint_stays_enabled(base, secret, path)
     return done
+
+
+def endpoint_stays_enabled(base: str, secret: str, path: str = "/hooks/gptimg") -> None:
+    """Play the provider (real 5 s timeout, retries sped up) at the guard's worst cases.
+
+    Ten handlers in a row that sleep past the reply deadline and then fail, and ten
+    signed deliveries in a row that must be refused: the endpoint is never disabled.
+    """
+    tag = uuid.uuid4().hex[:8]
+    with Simulator(base + path, secret, clock=Clock(600)) as sim:
+        stalls = [events.succeeded(generation_id=f"gen_stallfail_{tag}_{i}") for i in range(10)]
+        reports = []
+        for i in range(0, len(stalls), 3):  # below the servers' 4 workers: none waits in line
+            reports += sim.concurrent(stalls[i : i + 3])
+        for report in reports:
+            assert report.outcome == "delivered", report.attempts
+            assert report.attempts[0].status == 202, report.attempts
+            assert report.attempts[0].latency < 5.0, report.attempts
+        assert not sim.disabled
+        for i in range(10):
+            sample = events.succeeded(generation_id=f"gen_refused_{tag}_{i}")
+            mismatched = signed(sample, secret).with_headers(event="generation.failed")
+            report = sim.deliver(mismatched)
+            assert report.outcome in ("delivered", "failed"), report.outcome
+            assert not sim.disabled, [a.status for a in report.attempts]
+        assert sim.consecutive_failures < 8
 
 
 def duplicate_storm(base: str, secret: str, n: int = 500, path: str = "/hooks/gptimg") -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from gptimg_webhooks import Delivery, GenerationFailed, GenerationSucceeded, on
+from gptimg_webhooks.testing.gallery import demo_plan
 
 from .models import Invocation
 
@@ -13,11 +14,11 @@ from .models import Invocation
 def record(event: GenerationSucceeded | GenerationFailed, delivery: Delivery) -> None:
     """Append the generation to the gallery, in the ledger's transaction (ORM ledger)."""
     data = event.data
-    # Demo behaviours, for tests and `gptimg-webhooks demo`:
-    if data.generation_id.startswith("gen_slow_"):
-        time.sleep(1.5)
-    if data.generation_id.startswith("gen_flaky_") and delivery.attempt == 1:
-        raise RuntimeError("flaky handler: fails on the first attempt")
+    # Demo behaviours (slow, flaky, stalling ids), for tests and `gptimg-webhooks demo`:
+    seconds, error = demo_plan(event, delivery.attempt)
+    time.sleep(seconds)
+    if error:
+        raise RuntimeError(error)
     Invocation.objects.create(
         generation_id=data.generation_id,
         event=event.event,

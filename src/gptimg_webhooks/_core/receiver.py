@@ -249,6 +249,28 @@ class Webhooks:
         """The count at which the guard answers 2xx instead (``failure_threshold`` + 1)."""
         return self.failure_threshold + 1
 
+    def guard_trips(self) -> bool:
+        """Count one more non-2xx answer to a verified delivery; True: answer 2xx instead.
+
+        The count lives in the ledger, shared by every process, and includes the 503s
+        this process gave while the ledger was down. A done mark resets it.
+        """
+        by = 1 + self.keeper.take_unrecorded()
+        try:
+            return self.store.bump(self.guard_counter, self.guard_limit, by)
+        except StoreUnavailable:
+            self.keeper.unrecorded_failure(by)
+            return False
+
+    async def aguard_trips(self) -> bool:
+        """Async twin of :meth:`guard_trips`."""
+        by = 1 + self.keeper.take_unrecorded()
+        try:
+            return await self.store.abump(self.guard_counter, self.guard_limit, by)
+        except StoreUnavailable:
+            self.keeper.unrecorded_failure(by)
+            return False
+
     @property
     def limits(self) -> Limits:
         """Return what :func:`verify_request` checks requests against."""
@@ -294,6 +316,9 @@ class Webhooks:
 
     def handle(self, method: str, headers: Headers, body: bytes) -> Response:
         """Answer one request, blocking (for WSGI and plain code)."""
+        return self._answered(self._handle(method, headers, body))
+
+    def _handle(self, method: str, headers: Headers, body: bytes) -> Response:
         started = time.monotonic()
         self.keeper.start()
         try:
@@ -305,6 +330,12 @@ class Webhooks:
         handoff = _Handoff()
         future = self._executor().submit(self.handle_verified, verified, handoff)
         return _within(future.result, handoff, started, self.reply_deadline)
+
+    def _answered(self, response: Response) -> Response:
+        if response.status < 300:
+            # A 2xx resets the provider's count: 503s it followed no longer matter.
+            self.keeper.clear_unrecorded()
+        return response
 
     def handle_verified(self, verified: Verified, handoff: _Handoff | None = None) -> Response:
         """Record and run an already verified delivery, blocking."""
@@ -335,10 +366,10 @@ class Webhooks:
                 claim = self.store.claim(entry, lease=self.lease)
                 if claim.status is ClaimStatus.CLAIMED:
                     self.store.fail(entry.key, claim.token, f"{exc.code}: {exc}")
-            if self.store.bump(self.guard_counter, self.guard_limit):
-                return _guard_rejected(exc)
         except StoreUnavailable:
-            self.keeper.unrecorded_failure()
+            logger.warning("could not keep the refused body: the ledger is unavailable")
+        if self.guard_trips():
+            return _guard_rejected(exc)
         return error_response(exc)
 
     def _store_down(self, verified: Verified, exc: StoreUnavailable) -> Response:
@@ -375,12 +406,7 @@ class Webhooks:
                     verified.delivery_id,
                 )
             return answer
-        try:
-            tripped = self.store.bump(self.guard_counter, self.guard_limit)
-        except StoreUnavailable:
-            self.keeper.unrecorded_failure()
-            tripped = False
-        return _in_progress(tripped)
+        return _in_progress(self.guard_trips())
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         pool = self._pool
@@ -399,12 +425,8 @@ class Webhooks:
             return _result_answer(result)
         error = _error_text(result)
         plan = settlement(self.backoff, delivery.attempt, provider_retries=not detached)
-        if plan.op == "fail":
-            try:
-                if self.store.bump(self.guard_counter, self.guard_limit):
-                    plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
-            except StoreUnavailable:
-                self.keeper.unrecorded_failure()
+        if plan.op == "fail" and self.guard_trips():
+            plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
         settle_failure(self, delivery.key, token, error, plan)
         return _failure_answer(result, plan, delivery)
 
@@ -412,6 +434,9 @@ class Webhooks:
 
     async def handle_async(self, method: str, headers: Headers, body: bytes) -> Response:
         """Answer one request without blocking the event loop (for ASGI)."""
+        return self._answered(await self._handle_async(method, headers, body))
+
+    async def _handle_async(self, method: str, headers: Headers, body: bytes) -> Response:
         started = time.monotonic()
         self.keeper.start()
         try:
@@ -466,12 +491,8 @@ class Webhooks:
             return _result_answer(result)
         error = _error_text(result)
         plan = settlement(self.backoff, delivery.attempt, provider_retries=not detached)
-        if plan.op == "fail":
-            try:
-                if await self.store.abump(self.guard_counter, self.guard_limit):
-                    plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
-            except StoreUnavailable:
-                self.keeper.unrecorded_failure()
+        if plan.op == "fail" and await self.aguard_trips():
+            plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
         await asettle_failure(self, delivery.key, token, error, plan)
         return _failure_answer(result, plan, delivery)
 

@@ -296,10 +296,24 @@ class Keeper:
             self._later[key] = (token, error)
             self._held.setdefault(key, _Held(token, time.monotonic()))
 
-    def unrecorded_failure(self) -> None:
-        """Count a non-2xx answer the ledger could not count (it was down)."""
+    def unrecorded_failure(self, n: int = 1) -> None:
+        """Count non-2xx answers the ledger could not count (it was down)."""
         with self._lock:
-            self._unrecorded += 1
+            self._unrecorded += n
+
+    def take_unrecorded(self) -> int:
+        """Take the uncounted failures, to add them to the ledger's count now."""
+        if not self._unrecorded:
+            return 0
+        with self._lock:
+            n, self._unrecorded = self._unrecorded, 0
+            return n
+
+    def clear_unrecorded(self) -> None:
+        """Forget uncounted failures: a 2xx answer reset the provider's count."""
+        if self._unrecorded:
+            with self._lock:
+                self._unrecorded = 0
 
     def start(self) -> None:
         """Start the thread in this process if it is not running (after a fork too)."""
@@ -313,7 +327,8 @@ class Keeper:
             self._later.clear()
             self._stop.clear()
             self._next_sweep = time.monotonic() + self.hooks.sweep_interval
-            self._next_prune = time.monotonic() + 60.0  # not during start-up's first requests
+            # Not in the middle of start-up's first requests.
+            self._next_prune = time.monotonic() + min(60.0, self.hooks.prune_interval)
             self._thread = threading.Thread(
                 target=self._loop, name="gptimg-webhooks-keeper", daemon=True
             )

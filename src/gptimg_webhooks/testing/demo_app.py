@@ -18,22 +18,18 @@ from gptimg_webhooks._core.events import Event, GenerationFailed, GenerationSucc
 from gptimg_webhooks._core.handlers import Delivery
 from gptimg_webhooks._core.receiver import Webhooks
 from gptimg_webhooks.asgi import WebhookMiddleware
-from gptimg_webhooks.testing.gallery import Gallery, render_gallery
+from gptimg_webhooks.testing.gallery import Gallery, demo_plan, render_gallery
 
 __all__ = ["create_app", "demo_behaviour"]
 
 
 async def demo_behaviour(event: Event, delivery: Delivery) -> None:
-    """Let tests and the demo exercise retries and in-progress duplicates.
-
-    A generation id starting ``gen_slow_`` takes 1.5 s; ``gen_flaky_`` fails on the
-    first attempt only.
-    """
-    generation_id = getattr(getattr(event, "data", None), "generation_id", "")
-    if generation_id.startswith("gen_slow_"):
-        await asyncio.sleep(1.5)
-    if generation_id.startswith("gen_flaky_") and delivery.attempt == 1:
-        raise RuntimeError("flaky handler: fails on the first attempt")
+    """Play :func:`~gptimg_webhooks.testing.gallery.demo_plan` (slow, flaky, stalling ids)."""
+    seconds, error = demo_plan(event, delivery.attempt)
+    if seconds:
+        await asyncio.sleep(seconds)
+    if error:
+        raise RuntimeError(error)
 
 
 def create_app(hooks: Webhooks, gallery: Gallery) -> Starlette:

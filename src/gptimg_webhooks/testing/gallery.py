@@ -18,9 +18,32 @@ from typing import Any
 from gptimg_webhooks._core.events import Event
 from gptimg_webhooks.stores.sqlite import enable_wal
 
-__all__ = ["DATA_DIR_ENV", "Gallery", "render_gallery"]
+__all__ = ["DATA_DIR_ENV", "Gallery", "demo_plan", "render_gallery"]
 
 DATA_DIR_ENV = "GPTIMG_EXAMPLE_DATA_DIR"
+
+
+#: Generation id prefix -> (seconds the handler takes, attempts that fail first).
+DEMO_BEHAVIOURS: dict[str, tuple[float, int]] = {
+    "gen_slow_": (1.5, 0),  # a copy arriving meanwhile is in progress
+    "gen_flaky_": (0.0, 1),  # fails on attempt 1, succeeds on the retry
+    "gen_stall_": (6.0, 0),  # outlives the reply deadline and the provider's 5 s
+    "gen_stallfail_": (4.5, 2),  # past the reply deadline, then fails (attempts 1 and 2)
+}
+
+
+def demo_plan(event: Event, attempt: int) -> tuple[float, str | None]:
+    """Say how long the examples' handler takes for ``event`` and what it raises after.
+
+    The examples and the demo share these behaviours so tests can exercise retries,
+    in-progress duplicates and the reply deadline through every adapter.
+    """
+    generation_id = str(getattr(getattr(event, "data", None), "generation_id", ""))
+    for prefix, (seconds, failures) in DEMO_BEHAVIOURS.items():
+        if generation_id.startswith(prefix):
+            error = f"demo handler ({prefix}*): fails on attempt {attempt}"
+            return seconds, error if attempt <= failures else None
+    return 0.0, None
 
 
 class Gallery:
