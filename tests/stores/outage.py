@@ -10,23 +10,28 @@ from typing import Any
 
 from gptimg_webhooks import StoreUnavailable
 from gptimg_webhooks._core.ledger import Store
-from tests.stores.conformance import LEASE, T0, entry
+from tests.stores.conformance import LEASE, entry
 
 
 def sync_calls(store: Store) -> dict[str, Callable[[], Any]]:
     """One call of every sync method of the contract."""
     e = entry(1)
     calls: dict[str, Callable[[], Any]] = {
-        "claim": lambda: store.claim(e, now=T0, lease=LEASE),
-        "claim_deferred": lambda: store.claim(e, now=T0, lease=LEASE, defer=True),
-        "complete": lambda: store.complete(e.key, "t", now=T0),
-        "fail": lambda: store.fail(e.key, "t", "err", now=T0),
+        "claim": lambda: store.claim(e, lease=LEASE),
+        "enqueue": lambda: store.enqueue(e),
+        "renew": lambda: store.renew(e.key, "t", lease=LEASE),
+        "complete": lambda: store.complete(e.key, "t", counter="g"),
+        "fail": lambda: store.fail(e.key, "t", "err"),
+        "retry": lambda: store.retry(e.key, "t", "err", delay=1.0),
+        "bury": lambda: store.bury(e.key, "t", "err"),
+        "rerun": lambda: store.rerun(e.key, lease=LEASE),
+        "replay": lambda: store.replay(e.key),
         "get": lambda: store.get(e.key),
         "records": lambda: store.records(),
-        "replay": lambda: store.replay(e.key, now=T0),
-        "prune": lambda: store.prune(T0),
-        "record_failure": lambda: store.record_failure(5),
-        "lease_pending": lambda: store.lease_pending(now=T0, lease=LEASE),
+        "due": lambda: store.due(5),
+        "lease_due": lambda: store.lease_due(lease=LEASE),
+        "prune": lambda: store.prune(60.0),
+        "bump": lambda: store.bump("g", 5),
     }
     if store.transactional:  # others open no connection for a transaction
         calls["transaction"] = lambda: store.transaction().__enter__()
@@ -37,12 +42,17 @@ def async_calls(store: Store) -> dict[str, Callable[[], Any]]:
     """One call of every async method of the contract (coroutine factories)."""
     e = entry(1)
     calls: dict[str, Callable[[], Any]] = {
-        "aclaim": lambda: store.aclaim(e, now=T0, lease=LEASE),
-        "acomplete": lambda: store.acomplete(e.key, "t", now=T0),
-        "afail": lambda: store.afail(e.key, "t", "err", now=T0),
-        "arecord_failure": lambda: store.arecord_failure(5),
-        "aprune": lambda: store.aprune(T0),
-        "alease_pending": lambda: store.alease_pending(now=T0, lease=LEASE),
+        "aclaim": lambda: store.aclaim(e, lease=LEASE),
+        "aenqueue": lambda: store.aenqueue(e),
+        "arenew": lambda: store.arenew(e.key, "t", lease=LEASE),
+        "acomplete": lambda: store.acomplete(e.key, "t", counter="g"),
+        "afail": lambda: store.afail(e.key, "t", "err"),
+        "aretry": lambda: store.aretry(e.key, "t", "err", delay=1.0),
+        "abury": lambda: store.abury(e.key, "t", "err"),
+        "adue": lambda: store.adue(5),
+        "alease_due": lambda: store.alease_due(lease=LEASE),
+        "aprune": lambda: store.aprune(60.0),
+        "abump": lambda: store.abump("g", 5),
     }
     if store.async_transactions:
         calls["atransaction"] = lambda: store.atransaction().__aenter__()
@@ -105,15 +115,15 @@ def outage_and_recovery(open_via: Callable[[int], Store], target_port: int) -> t
     proxy.start()
     store = open_via(proxy.port)
     try:
-        assert store.claim(entry(1), now=T0, lease=LEASE).status.value == "claimed"
+        assert store.claim(entry(1), lease=LEASE).status.value == "claimed"
         proxy.cut()
-        kind, down_seconds = _outcome(lambda: store.claim(entry(2), now=T0, lease=LEASE))
+        kind, down_seconds = _outcome(lambda: store.claim(entry(2), lease=LEASE))
         assert kind == "StoreUnavailable", kind
         proxy.start()
         started = time.monotonic()
         while True:
             try:
-                claim = store.claim(entry(2), now=T0, lease=LEASE)
+                claim = store.claim(entry(2), lease=LEASE)
                 break
             except StoreUnavailable:
                 assert time.monotonic() - started < 15, "the store never recovered"

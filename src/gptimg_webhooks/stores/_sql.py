@@ -24,9 +24,9 @@ from .memory import new_token
 __all__ = [
     "Apply",
     "Dialect",
+    "applied",
     "apply_params",
     "apply_statement",
-    "applied",
     "bump_statement",
     "bumped",
     "ddl",
@@ -187,7 +187,7 @@ def _sets(d: Dialect, t: Transition, old: Callable[[str], str]) -> dict[str, str
     elif t.extend:
         sets["lease_until"] = f"{now} + {d.p('lease')}"
     else:
-        sets["token"] = sets["lease_until"] = "NULL"
+        sets["token"] = sets["lease_until"] = "NULL"  # noqa: S105 - SQL, not a secret
     sets["available_at"] = f"{now} + {d.p('delay')}" if t.delay else "NULL"
     if t.error:
         sets["error"] = d.p("error")
@@ -209,7 +209,7 @@ class Apply:
     reset: str | None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def apply_statement(d: Dialect, t: Transition, streak: bool = False) -> Apply:
     """Build (once) the statements applying ``t``; ``streak``: a counter is to be reset."""
     tbl, p = _quote(d.table), d.p
@@ -301,7 +301,7 @@ def applied(t: Transition, row: Sequence[Any] | None, found: Sequence[Any] | Non
 # Queries --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def due_statement(d: Dialect) -> str:
     """Keys a runner may lease now (:data:`LEASE`'s sources), oldest first."""
     return (
@@ -310,12 +310,12 @@ def due_statement(d: Dialect) -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_statement(d: Dialect) -> str:
     return f"SELECT {_COLUMNS} FROM {_quote(d.table)} WHERE key = {d.p('key')}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def records_statement(d: Dialect, by_state: bool) -> str:
     where = f"WHERE state = {d.p('state')} " if by_state else ""
     return (
@@ -324,7 +324,7 @@ def records_statement(d: Dialect, by_state: bool) -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def prune_statement(d: Dialect, states: frozenset[State]) -> str:
     """Delete one batch of records in ``states`` older than ``older_than`` seconds."""
     tbl = _quote(d.table)
@@ -336,7 +336,7 @@ def prune_statement(d: Dialect, states: frozenset[State]) -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bump_statement(d: Dialect) -> str:
     """Add ``by`` to counter ``counter``, storing 0 instead when it reaches ``limit``."""
     by, limit = d.p("by"), d.p("limit")

@@ -77,7 +77,9 @@ class SQLiteStore(Store):
         try:
             timeout = float(raw)
         except ValueError:
-            raise ConfigurationError(f"sqlite:// busy_timeout must be seconds, not {raw!r}")
+            raise ConfigurationError(
+                f"sqlite:// busy_timeout must be seconds, not {raw!r}"
+            ) from None
         return cls(path, busy_timeout=timeout, create=create)
 
     def __repr__(self) -> str:
@@ -184,9 +186,7 @@ class SQLiteStore(Store):
     def records(self, state: State | None = None, limit: int = 100) -> Sequence[Record]:
         params = {"state": state.value if state else None, "limit": limit}
         with self._db() as conn:
-            rows = conn.execute(
-                _sql.records_statement(_SQL, state is not None), params
-            ).fetchall()
+            rows = conn.execute(_sql.records_statement(_SQL, state is not None), params).fetchall()
         return [Record.from_row(r) for r in rows]
 
     def prune(self, older_than: float, states: Collection[State] = (State.DONE,)) -> int:
