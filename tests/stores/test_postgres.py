@@ -69,6 +69,20 @@ class TestPostgresStore(
         return Effects(postgres_url, f"{postgres_table}_effects")
 
 
+class GenericLeasing(PostgresStore):
+    """The store without its one-statement lease_due: the base class's due() + apply()."""
+
+    lease_due = Store.lease_due
+    alease_due = Store.alease_due
+
+
+class TestPostgresGenericLeasing(StoreConformance):
+    @pytest.fixture
+    def reopen(self, postgres_url: str, postgres_table: str) -> Reopen:
+        url = with_query(postgres_url, table=postgres_table)
+        return lambda: GenericLeasing.from_url(url)
+
+
 def _server_now(url: str) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT extract(epoch FROM statement_timestamp())::float8").fetchone()

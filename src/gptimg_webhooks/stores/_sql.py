@@ -33,6 +33,7 @@ __all__ = [
     "drop",
     "due_statement",
     "get_statement",
+    "lease_many_statement",
     "postgres",
     "prune_statement",
     "records_statement",
@@ -69,6 +70,8 @@ class Dialect:
     streak_in_statement: bool
     #: Rows per DELETE when pruning: each batch is a short transaction of its own.
     prune_batch: int
+    #: A fresh token per row of ``r``, made by the server (for many leases at once).
+    row_token: str = ""
 
     def p(self, name: str) -> str:
         return self.placeholder.format(name)
@@ -111,6 +114,8 @@ def postgres(table: str) -> Dialect:
         big="bigint",
         streak_in_statement=True,
         prune_batch=5000,
+        # Fencing tokens need uniqueness, not secrecy: random() is enough.
+        row_token="md5(random()::text || r.key)",  # noqa: S106 - SQL, not a secret
     )
 
 
@@ -176,13 +181,16 @@ def _where(d: Dialect, sources: Collection[Source]) -> str:
     return " OR ".join(tests)
 
 
-def _sets(d: Dialect, t: Transition, old: Callable[[str], str]) -> dict[str, str]:
-    """Return column -> new value for a row ``t`` acts on; ``old(col)`` reads its old value."""
+def _sets(d: Dialect, t: Transition, old: Callable[[str], str], token: str = "") -> dict[str, str]:
+    """Return column -> new value for a row ``t`` acts on; ``old(col)`` reads its old value.
+
+    ``token``: the new lease's token as SQL; the bound ``new_token`` by default.
+    """
     now = d.now
     sets = {"state": f"'{t.target.value}'", "updated_at": now}
     if t.lease:
         sets["attempts"] = f"{old('attempts')} + 1"
-        sets["token"] = d.p("new_token")
+        sets["token"] = token or d.p("new_token")
         sets["lease_until"] = f"{now} + {d.p('lease')}"
     elif t.extend:
         sets["lease_until"] = f"{now} + {d.p('lease')}"
@@ -295,6 +303,26 @@ def applied(t: Transition, row: Sequence[Any] | None, found: Sequence[Any] | Non
         attempts,
         token or "",
         Record.from_row(record) if t.returns_record else None,
+    )
+
+
+@functools.cache
+def lease_many_statement(d: Dialect) -> str:
+    """Apply :data:`LEASE` to up to ``limit`` due rows in one statement (PostgreSQL).
+
+    ``FOR UPDATE SKIP LOCKED``: concurrent runners take different rows and never wait.
+    Each row gets its own token, made by the server. Rows come back as
+    :func:`apply_statement`'s do, for :func:`applied`.
+    """
+    tbl, where = _quote(d.table), _where(d, LEASE.sources)
+    sets = _sets(d, LEASE, "r.{}".format, token=d.row_token)
+    update = ", ".join(f"{col} = {value}" for col, value in sets.items())
+    columns = ", ".join(f"r.{c}" for c in _COLUMNS.split(", "))
+    return (
+        f"WITH picked AS (SELECT r.key FROM {tbl} AS r WHERE {where} "
+        f"ORDER BY r.updated_at LIMIT {d.p('limit')} FOR UPDATE SKIP LOCKED) "
+        f"UPDATE {tbl} AS r SET {update} FROM picked WHERE r.key = picked.key AND ({where}) "
+        f"RETURNING r.token, r.attempts, {columns}"
     )
 
 

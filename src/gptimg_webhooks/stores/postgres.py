@@ -58,7 +58,17 @@ from gptimg_webhooks._core.errors import (
     StoreUnavailable,
     TransactionAborted,
 )
-from gptimg_webhooks._core.ledger import Applied, Entry, Record, State, Store, Transition
+from gptimg_webhooks._core.ledger import (
+    LEASE,
+    Applied,
+    Claim,
+    ClaimStatus,
+    Entry,
+    Record,
+    State,
+    Store,
+    Transition,
+)
 
 from . import _sql
 
@@ -77,6 +87,12 @@ def _flag(value: str) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise ConfigurationError(f"expected a boolean, got {value!r}")
+
+
+def _leased(row: Sequence[Any]) -> tuple[Record, Claim]:
+    done = _sql.applied(LEASE, row, None)
+    assert done.record is not None  # LEASE returns the record
+    return done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)
 
 
 class PostgresStore(Store):
@@ -378,6 +394,26 @@ class PostgresStore(Store):
             row = conn.execute(stmt.sql, params).fetchone()
             found = None if row is not None else conn.execute(stmt.found, params).fetchone()
         return _sql.applied(transition, row, found)
+
+    # A measured optimisation of the named operation (benchmarks/lease_due.py): one
+    # FOR UPDATE SKIP LOCKED statement, generated from the same LEASE transition, instead
+    # of due() and a compare-and-set per key; runners in parallel no longer race for keys.
+    def lease_due(self, *, lease: float, limit: int = 10) -> list[tuple[Record, Claim]]:
+        if limit < 1:
+            return []
+        params = {"limit": limit, "lease": float(lease)}
+        with self._conn("lease_due") as conn:
+            rows = conn.execute(_sql.lease_many_statement(self._d), params).fetchall()
+        return [_leased(row) for row in rows]
+
+    async def alease_due(self, *, lease: float, limit: int = 10) -> list[tuple[Record, Claim]]:
+        if limit < 1:
+            return []
+        params = {"limit": limit, "lease": float(lease)}
+        async with self._aconn("lease_due") as conn:
+            cur = await conn.execute(_sql.lease_many_statement(self._d), params)
+            rows = await cur.fetchall()
+        return [_leased(row) for row in rows]
 
     def due(self, limit: int) -> Sequence[str]:
         with self._conn("due") as conn:
