@@ -226,6 +226,7 @@ def test_postgres_url_options_are_the_stores_and_the_rest_libpqs(postgres_table:
         "pool_max=x",
         "pool_timeout=x",
         "pool_timeout=0",
+        "pool_timeout=inf",
         "create_schema=maybe",
     ],
 )

@@ -34,7 +34,7 @@ def test_sqlite_url_takes_an_absolute_path_and_busy_timeout(tmp_path: Path) -> N
     assert (store.path, store.busy_timeout) == (f"{tmp_path}/x.db", 0.5)
 
 
-@pytest.mark.parametrize("value", ["soon", "0", "-1"])
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "inf", "nan"])
 def test_bad_busy_timeout_is_a_configuration_error(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigurationError, match="busy_timeout"):
         open_store(f"sqlite:///{tmp_path}/x.db?busy_timeout={value}")

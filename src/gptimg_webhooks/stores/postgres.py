@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import math
 import os
 import re
 import weakref
@@ -117,7 +118,7 @@ class PostgresStore(Store):
             raise ConfigurationError(
                 f"table must be a lower-case SQL name, optionally schema-qualified: {table!r}"
             )
-        if pool_max < 1 or not pool_timeout > 0:
+        if pool_max < 1 or not 0 < pool_timeout < math.inf:
             raise ConfigurationError("pool_max must be at least 1 and pool_timeout positive")
         self.table = table
         self.pool_max = pool_max

@@ -13,6 +13,7 @@ convention), with an optional ``?busy_timeout=3.0`` in seconds.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
@@ -61,7 +62,7 @@ class SQLiteStore(Store):
     def __init__(self, path: str, *, busy_timeout: float = 3.0, create: bool = True) -> None:
         if not path:
             raise ConfigurationError("SQLite store needs a file path: sqlite:///file.db")
-        if not busy_timeout > 0:
+        if not 0 < busy_timeout < math.inf:
             raise ConfigurationError(f"busy_timeout must be positive seconds, not {busy_timeout}")
         self.path = path
         # Below the provider's 5 s timeout, so a jammed lock turns into a 503 it retries.
