@@ -124,6 +124,8 @@ class SQLiteStore(Store):
             if not write:
                 yield conn
                 return
+            if conn.in_transaction:  # a ROLLBACK that failed earlier left one open
+                conn.rollback()
             # IMMEDIATE: take the write lock first, so reads inside see what the write acts on.
             conn.execute("BEGIN IMMEDIATE")
             try:
