@@ -19,6 +19,7 @@ from tests.stores.conformance import (
     AsyncTransactionalConformance,
     MultiProcessConformance,
     Reopen,
+    ServerTimeConformance,
     StoreConformance,
     TransactionalConformance,
     entry,
@@ -56,6 +57,7 @@ class Effects:
 class TestPostgresStore(
     StoreConformance,
     MultiProcessConformance,
+    ServerTimeConformance,
     TransactionalConformance,
     AsyncTransactionalConformance,
 ):

@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -260,7 +261,8 @@ class Keeper:
     tick = 0.25
 
     def __init__(self, hooks: Webhooks) -> None:
-        self.hooks = hooks
+        # Weak: a receiver nobody holds any more stops its keeper instead of living on.
+        self._hooks = weakref.ref(hooks)
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
         #: key -> (token, error or None for a done mark)
@@ -272,6 +274,13 @@ class Keeper:
         self._next_sweep = 0.0
         self._next_prune = 0.0
         self._sweeping = threading.Lock()
+
+    @property
+    def hooks(self) -> Webhooks:
+        hooks = self._hooks()
+        if hooks is None:
+            raise ReferenceError("the receiver is gone")
+        return hooks
 
     # Registration (any thread) ---------------------------------------------------
 
@@ -330,7 +339,7 @@ class Keeper:
             # Not in the middle of start-up's first requests.
             self._next_prune = time.monotonic() + min(60.0, self.hooks.prune_interval)
             self._thread = threading.Thread(
-                target=self._loop, name="gptimg-webhooks-keeper", daemon=True
+                target=_keep, args=(weakref.ref(self),), name="gptimg-webhooks-keeper", daemon=True
             )
             self._thread.start()
 
@@ -349,12 +358,8 @@ class Keeper:
 
     # The loop (keeper thread) ----------------------------------------------------
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.tick):
-            try:
-                self._round()
-            except Exception:  # never let the keeper die: it holds everyone's leases
-                logger.exception("ledger keeper round failed")
+    def _idle(self) -> bool:
+        return not self._held and not self._later and not self._unrecorded
 
     def _round(self) -> None:
         hooks, store, now = self.hooks, self.hooks.store, time.monotonic()
@@ -438,3 +443,23 @@ class Keeper:
                     )
         except StoreUnavailable as exc:
             logger.warning("pruning the ledger failed (%s); will try again", exc)
+
+
+def _keep(ref: weakref.ref[Keeper]) -> None:
+    """The keeper thread: rounds until stopped, or until its receiver is gone."""
+    while True:
+        keeper = ref()
+        if keeper is None or keeper._stop.is_set() or keeper._hooks() is None:
+            return
+        stop = keeper._stop
+        # Idle: look less often; a round still runs the sweep and pruning on time.
+        tick = Keeper.tick if not keeper._idle() else 4 * Keeper.tick
+        try:
+            keeper._round()
+        except ReferenceError:
+            return
+        except Exception:  # never let the keeper die: it holds everyone's leases
+            logger.exception("ledger keeper round failed")
+        del keeper
+        if stop.wait(tick):
+            return

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -59,7 +59,14 @@ class SQLiteStore(Store):
 
     schemes = ("sqlite",)
 
-    def __init__(self, path: str, *, busy_timeout: float = 3.0, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 3.0,
+        create: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if not path:
             raise ConfigurationError("SQLite store needs a file path: sqlite:///file.db")
         if not 0 < busy_timeout < math.inf:
@@ -67,6 +74,8 @@ class SQLiteStore(Store):
         self.path = path
         # Below the provider's 5 s timeout, so a jammed lock turns into a 503 it retries.
         self.busy_timeout = busy_timeout
+        #: The store's clock (this host's): tests pass their own to move time.
+        self.clock = clock
         self.create = create
         self._local = threading.local()
 
@@ -165,7 +174,7 @@ class SQLiteStore(Store):
             counter=counter,
         )
         with self._db(write=True) as conn:
-            params["now"] = time.time()  # read under the write lock: no stale "now"
+            params["now"] = self.clock()  # read under the write lock: no stale "now"
             row = conn.execute(stmt.sql, params).fetchone()
             found = None
             if row is None:
@@ -177,7 +186,7 @@ class SQLiteStore(Store):
     def due(self, limit: int) -> Sequence[str]:
         with self._db() as conn:
             rows = conn.execute(
-                _sql.due_statement(_SQL), {"now": time.time(), "limit": limit}
+                _sql.due_statement(_SQL), {"now": self.clock(), "limit": limit}
             ).fetchall()
         return [key for (key,) in rows]
 
@@ -194,7 +203,7 @@ class SQLiteStore(Store):
 
     def prune(self, older_than: float, states: Collection[State] = (State.DONE,)) -> int:
         statement = _sql.prune_statement(_SQL, frozenset(states))
-        params = {"now": time.time(), "older_than": older_than}
+        params = {"now": self.clock(), "older_than": older_than}
         total = 0
         for _ in range(1_000_000):  # bounded: a billion rows at most per call
             # Each batch is its own short write, so writers queue behind none for long.
