@@ -39,9 +39,7 @@ def replay(keys: Iterable[str]) -> dict[str, str]:
     async def run_all() -> None:
         for key in keys:
             # The ORM refuses to run on an event loop's thread.
-            leased = await asyncio.to_thread(
-                store.lease_again, key, now=hooks.clock(), lease=hooks.lease
-            )
+            leased = await asyncio.to_thread(store.rerun, key, lease=hooks.lease)
             if leased is None:
                 outcomes[key] = "not_replayable"
             else:
