@@ -64,6 +64,7 @@ class _DjangoStoreConformance(StoreConformance, MultiProcessConformance, Transac
 @pytest.mark.django_db(transaction=True)
 class TestDjangoStoreOnSQLite(_DjangoStoreConformance):
     alias = "default"
+    single_writer = True
 
     def test_the_hosts_clock_is_the_stores(self, store: DjangoStore) -> None:
         assert store.server_time is False
