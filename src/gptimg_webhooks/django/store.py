@@ -207,7 +207,13 @@ class DjangoStore(Store):
         sets = partial(
             _changes, transition, now, token=fresh, lease=lease, error=error, delay=delay
         )
-        with self._db():
+        # The streak's reset commits with the state change or not at all.
+        unit: AbstractContextManager[Any] = (
+            transaction.atomic(using=self.alias, savepoint=False)
+            if transition.ends_streak and counter
+            else nullcontext()
+        )
+        with self._db(), unit:
             inserted = transition.inserts and entry is not None and self._insert(entry, now, sets)
             done = inserted
             if not done:
