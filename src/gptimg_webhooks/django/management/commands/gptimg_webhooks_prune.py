@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from gptimg_webhooks._core.errors import WebhookError
+from gptimg_webhooks._core.ledger import FINISHED
 from gptimg_webhooks.django.conf import receiver
 
 
@@ -28,7 +29,7 @@ class Command(BaseCommand):
             age = hooks.retention if days is None else days * 86400.0
             if age < 0:
                 raise CommandError("--older-than must not be negative")
-            count = hooks.store.prune(hooks.clock() - age)
+            count = hooks.store.prune(age, FINISHED)
         except WebhookError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Pruned {count} ledger record(s) older than {age / 86400:g} days.")
