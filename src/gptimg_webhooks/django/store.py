@@ -76,8 +76,9 @@ def _record(row: Delivery) -> Record:
     )
 
 
-#: What each kind of source means as a row filter, given the store's now and the
-#: caller's token (None: this source cannot match, e.g. HELD without a token).
+#: What a source with a condition beyond the state means as a row filter, given the
+#: store's now and the caller's token (None: it cannot match, e.g. HELD without a token).
+#: The others (FAILED, DEAD) are their state alone.
 _SOURCES: dict[Source, Callable[[_Now, str], Q | None]] = {
     Source.DUE: lambda now, token: (
         Q(state=State.PENDING.value) & (Q(available_at__isnull=True) | Q(available_at__lte=now))
@@ -86,14 +87,16 @@ _SOURCES: dict[Source, Callable[[_Now, str], Q | None]] = {
         Q(state=State.PROCESSING.value) & (Q(lease_until__isnull=True) | Q(lease_until__lte=now))
     ),
     Source.HELD: lambda now, token: Q(state=State.PROCESSING.value, token=token) if token else None,
-    Source.FAILED: lambda now, token: Q(state=State.FAILED.value),
-    Source.DEAD: lambda now, token: Q(state=State.DEAD.value),
 }
 
 
 def _where(sources: Collection[Source], now: _Now, token: str = "") -> Q | None:
     """Translate the existing-row sources into one filter; None when none can match."""
-    parts = [_SOURCES[s](now, token) for s in sources if s is not Source.ABSENT]
+    parts = [
+        _SOURCES[s](now, token) if s in _SOURCES else Q(state=State(s.value).value)
+        for s in sources
+        if s is not Source.ABSENT
+    ]
     found = [q for q in parts if q is not None]
     return reduce(or_, found) if found else None
 
