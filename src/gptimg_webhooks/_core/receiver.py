@@ -428,7 +428,7 @@ class Webhooks:
         if plan.op == "fail" and self.guard_trips():
             plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
         settle_failure(self, delivery.key, token, error, plan)
-        return _failure_answer(result, plan, delivery)
+        return _failure_answer(result, plan, delivery, detached)
 
     # The request path, async ---------------------------------------------------------
 
@@ -494,7 +494,7 @@ class Webhooks:
         if plan.op == "fail" and await self.aguard_trips():
             plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
         await asettle_failure(self, delivery.key, token, error, plan)
-        return _failure_answer(result, plan, delivery)
+        return _failure_answer(result, plan, delivery, detached)
 
     # Runners: recovery, replay -------------------------------------------------------
 
@@ -659,16 +659,26 @@ def _result_answer(result: Result) -> Response:
     return error_response(error)
 
 
-def _failure_answer(result: Result, plan: Settlement, delivery: Delivery) -> Response:
+def _failure_answer(
+    result: Result, plan: Settlement, delivery: Delivery, detached: bool
+) -> Response:
     if plan.op == "fail":
         error = result.error
         return error_response(HandlerFailed(f"handler raised {type(error).__name__}"))
-    logger.error(
-        "handler failed for %s (delivery %r); answering 2xx to keep the endpoint from "
-        "auto-disable: a runner retries it from the ledger",
-        delivery.event,
-        delivery.id,
-    )
+    if detached:  # answered 202 already: the provider will not retry
+        logger.warning(
+            "handler for %s failed after the reply deadline (delivery %r); a runner retries "
+            "it from the ledger",
+            delivery.event,
+            delivery.id,
+        )
+    else:
+        logger.error(
+            "handler failed for %s (delivery %r); answering 2xx to keep the endpoint from "
+            "auto-disable: a runner retries it from the ledger",
+            delivery.event,
+            delivery.id,
+        )
     return FAILED_ACCEPTED
 
 
