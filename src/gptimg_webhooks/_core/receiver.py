@@ -345,8 +345,8 @@ class Webhooks:
                     claim = self.store.enqueue(verified.entry)
                 else:
                     claim = self.store.claim(verified.entry, lease=self.lease)
-            except StoreUnavailable as exc:
-                return self._store_down(verified, exc)
+            except Exception as exc:  # a store's bug fails closed like an outage
+                return self._store_down(verified, _as_outage(exc))
             if claim.status is not ClaimStatus.CLAIMED:
                 return self._unclaimed(claim, verified)
             delivery = self._delivery(verified, claim.attempt)
@@ -463,8 +463,8 @@ class Webhooks:
                     claim = await store.aenqueue(verified.entry)
                 else:
                     claim = await store.aclaim(verified.entry, lease=self.lease)
-            except StoreUnavailable as exc:
-                return await asyncio.to_thread(self._store_down, verified, exc)
+            except Exception as exc:  # a store's bug fails closed like an outage
+                return await asyncio.to_thread(self._store_down, verified, _as_outage(exc))
             if claim.status is not ClaimStatus.CLAIMED:
                 answer = _claim_answer(claim, self.deferred)
                 if answer is not None:
@@ -730,6 +730,13 @@ def _log_detached(delivery: Delivery | None) -> None:
         delivery.event,
         delivery.id,
     )
+
+
+def _as_outage(exc: Exception) -> StoreUnavailable:
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    logger.error("the ledger store raised %s; failing closed", type(exc).__name__, exc_info=exc)
+    return StoreUnavailable(f"store raised {type(exc).__name__}")
 
 
 def _internal(delivery_id: str, exc: BaseException) -> Response:
