@@ -254,14 +254,14 @@ class _GenerateBody(BaseModel):
     size: Literal["1024x1024", "1024x1536", "1536x1024"] = "1024x1024"
     quality: Literal["low", "medium", "high"] = "medium"
     n: int = Field(default=1, ge=1, le=4)
-    inputImageKeys: list[str] = Field(default_factory=list, max_length=4)  # noqa: N815
+    inputImageKeys: list[str] = Field(default_factory=list, max_length=4)
 
 
 class _UploadBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     filename: str = Field(min_length=1, max_length=200)
-    contentType: Literal["image/png", "image/jpeg", "image/webp"]  # noqa: N815
+    contentType: Literal["image/png", "image/jpeg", "image/webp"]
     size: int = Field(ge=1, le=MAX_UPLOAD_BYTES)
 
 
@@ -362,9 +362,7 @@ class LocalProvider:
                 ),
                 Route("/api/v1/generate", self._api(self._generate), methods=["POST"]),
                 Route("/api/v1/upload", self._api(self._upload), methods=["POST"]),
-                Route(
-                    "/api/v1/generations/{id}", self._api(self._generation), methods=["GET"]
-                ),
+                Route("/api/v1/generations/{id}", self._api(self._generation), methods=["GET"]),
                 Route("/api/v1/{rest:path}", self._api(self._not_found), methods=["GET", "POST"]),
                 Route("/r2/{key:path}", self._put_upload, methods=["PUT"]),
                 Route("/files/{id}/{index:int}.{ext}", self._file, methods=["GET", "HEAD"]),
@@ -382,9 +380,7 @@ class LocalProvider:
 
     # -- set-up, for tests -------------------------------------------------------------
 
-    def add_key(
-        self, key: str | None = None, *, credits: float = 1000, plan: str = "pro"
-    ) -> str:
+    def add_key(self, key: str | None = None, *, credits: float = 1000, plan: str = "pro") -> str:
         """Create an API key (``gimg_...``) with a balance and a plan; return it.
 
         Plans ``pro`` and ``max`` may use the API; any other (``free``) gets 403.
@@ -482,7 +478,7 @@ class LocalProvider:
         for endpoint in self.endpoints.values():
             endpoint.simulator.transport.close()
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[Any]) -> None:
         async def run() -> None:
             await coro
 
@@ -702,9 +698,7 @@ class LocalProvider:
         try:
             self._signed_in(request)
             if request.method == "GET":
-                return JSONResponse(
-                    {"webhooks": [e.public() for e in self.endpoints.values()]}
-                )
+                return JSONResponse({"webhooks": [e.public() for e in self.endpoints.values()]})
             try:
                 body = _WebhookBody.model_validate(await _json_body(request))
             except ValidationError as exc:
