@@ -53,7 +53,7 @@ import string
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -478,11 +478,8 @@ class LocalProvider:
         for endpoint in self.endpoints.values():
             endpoint.simulator.transport.close()
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        async def run() -> None:
-            await coro
-
-        task = asyncio.get_running_loop().create_task(run())
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         with self._lock:
             self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
