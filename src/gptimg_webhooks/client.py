@@ -191,6 +191,7 @@ class _Limits:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.limit: int | None = None
         self.remaining: int | None = None
         self.reset: float | None = None
         self.in_flight = 0
@@ -199,7 +200,8 @@ class _Limits:
         """Take one request from the quota; else return the seconds until it resets."""
         with self._lock:
             if self.reset is not None and now >= self.reset:
-                self.remaining = self.reset = None  # a new window: nothing known yet
+                # A new window: the whole limit, until an answer says when it ends.
+                self.remaining, self.reset = self.limit, None
             if self.remaining is not None and self.remaining <= 0 and self.reset is not None:
                 return self.reset - now
             if self.remaining is not None:
@@ -216,6 +218,7 @@ class _Limits:
             try:
                 remaining = int(headers["x-ratelimit-remaining"])
                 reset = float(headers["x-ratelimit-reset"])
+                self.limit = int(headers["x-ratelimit-limit"])
             except (KeyError, ValueError):
                 return
             # The other requests in flight may not be counted in this answer yet.
