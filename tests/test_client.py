@@ -121,11 +121,11 @@ def test_api_errors_map_to_the_error_tree(
         real = p.add_key(credits=setup.get("credits", 100), plan=setup.get("plan", "pro"))
         api = client(setup.get("key", real))
         method, arg = call
+        pending = (
+            api.upload(arg, "image/gif", 10) if method == "upload" else getattr(api, method)(arg)
+        )
         with pytest.raises(error) as caught:
-            if method == "upload":
-                await api.upload(arg, "image/gif", 10)
-            else:
-                await getattr(api, method)(arg)
+            await pending
         exc = caught.value
         assert isinstance(exc, WebhookError)
         assert exc.status == exc.status_code == status
@@ -237,11 +237,13 @@ def test_a_retry_after_a_lost_answer_reuses_the_key_and_charges_once(
 
 
 def test_no_answer_at_all_is_api_unavailable_after_bounded_retries() -> None:
-    with Client(
-        "gimg_x", base_url=f"http://127.0.0.1:{free_port()}/api/v1", max_retries=1, max_wait=0.1
-    ) as api:
-        with pytest.raises(ApiUnavailable, match="no answer"):
-            api.get_generation("gen_x")
+    with (
+        Client(
+            "gimg_x", base_url=f"http://127.0.0.1:{free_port()}/api/v1", max_retries=1, max_wait=0.1
+        ) as api,
+        pytest.raises(ApiUnavailable, match="no answer"),
+    ):
+        api.get_generation("gen_x")
 
 
 def test_upload_then_put_then_edit() -> None:

@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from PIL import Image
 
 from gptimg_webhooks import Generation, parse_event, verify
 from gptimg_webhooks.testing import LocalProvider, wire_json
+from tests.support.servers import free_port, running, uvicorn_argv
 
 RECEIVER = "http://receiver.test"
 COOKIE = {"Cookie": "session=s1"}
@@ -315,7 +317,9 @@ def test_same_idempotency_key_returns_the_existing_row_without_charging_again() 
         assert [c.credits for c in p.charges] == [2]
         assert p.balance(key) == 998
         other = await http.post(
-            "/api/v1/generate", json={"prompt": "a"}, headers={**bearer(key), "Idempotency-Key": "k2"}
+            "/api/v1/generate",
+            json={"prompt": "a"},
+            headers={**bearer(key), "Idempotency-Key": "k2"},
         )
         assert other.json()["generationId"] != first.json()["generationId"]
         assert len(p.charges) == 2
@@ -437,9 +441,7 @@ def test_failed_and_blocked_go_out_as_generation_failed_to_subscribers_only() ->
         for prompt in ("ok", "no [fail]", "no [block]"):
             await generate(http, key, prompt=prompt)
         await p.drain()
-        events = sorted(
-            (h["x-gptimg-event"], json.loads(b)["data"]["status"]) for h, b in rx.seen
-        )
+        events = sorted((h["x-gptimg-event"], json.loads(b)["data"]["status"]) for h, b in rx.seen)
         assert events == [("generation.failed", "blocked"), ("generation.failed", "failed")]
 
     run(scenario)
@@ -512,7 +514,9 @@ def test_disabled_by_hand_receives_nothing_and_deleted_is_gone() -> None:
         await p.drain()
         assert rx.seen == []
         assert (await http.post(f"/api/account/webhooks/{hook}/enable")).status_code == 401
-        assert (await http.delete(f"/api/account/webhooks/{hook}", headers=COOKIE)).status_code == 204
+        assert (
+            await http.delete(f"/api/account/webhooks/{hook}", headers=COOKIE)
+        ).status_code == 204
         assert (
             await http.post(f"/api/account/webhooks/{hook}/enable", headers=COOKIE)
         ).status_code == 404
@@ -544,3 +548,49 @@ def test_a_slow_receiver_times_out_after_5_real_seconds_and_is_retried() -> None
         await provider.aclose()
 
     asyncio.run(main())
+
+
+# -- end to end: a real provider server, the Starlette example as the receiver ----------------
+
+
+@pytest.mark.slow
+def test_provider_delivers_to_the_starlette_example_end_to_end(tmp_path: Path) -> None:
+    from gptimg_webhooks.cli._server import BackgroundServer
+    from gptimg_webhooks.client import Client
+
+    provider = LocalProvider(time_scale=600)
+    receiver_port = free_port()
+    with BackgroundServer(provider, "127.0.0.1", free_port()) as served:
+        created = httpx.post(
+            f"{served.url}/api/account/webhooks",
+            json={
+                "url": f"http://127.0.0.1:{receiver_port}/hooks/gptimg",
+                "events": ["generation.succeeded", "generation.failed"],
+                "label": "starlette example",
+            },
+            headers=COOKIE,
+            timeout=5,
+        ).json()
+        env = {
+            "GPTIMG_WEBHOOK_SECRET": created["secret"],
+            "GPTIMG_WEBHOOK_STORE": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+            "GPTIMG_EXAMPLE_DATA_DIR": str(tmp_path / "data"),
+        }
+        argv = uvicorn_argv("examples.starlette_app.app:app", receiver_port)
+        with running(argv, port=receiver_port, env=env) as receiver:
+            key = provider.add_key()
+            with Client(key, base_url=f"{served.url}/api/v1") as api:
+                ok = api.generate("a lighthouse at dusk", n=2)
+                bad = api.generate("a lighthouse [fail]")
+                provider.wait_idle(timeout=60)
+                generation = api.get_generation(ok.generation_id)
+            rows = httpx.get(f"{receiver}/generations", timeout=5).json()
+            page = httpx.get(f"{receiver}/", timeout=5).text
+    by_id = {row["generationId"]: row for row in rows}
+    assert len(rows) == 2
+    assert by_id[ok.generation_id]["event"] == "generation.succeeded"
+    assert by_id[ok.generation_id]["outputs"] == [o.model_dump() for o in generation.outputs]
+    assert by_id[bad.generation_id]["event"] == "generation.failed"
+    assert by_id[bad.generation_id]["status"] == "failed"
+    assert generation.outputs[0].webp is not None and generation.outputs[0].webp in page
+    assert [d.status for d in provider.deliveries] == [200, 200]
