@@ -152,6 +152,7 @@ def test_free_plan_is_403_and_no_credits_is_402() -> None:
         broke = p.add_key(credits=0)
         r = await generate(http, free)
         assert r.status_code == 403 and r.json()["error"] == "plan_required"
+        assert all(h in r.headers for h in RATE_HEADERS)
         r = await generate(http, broke)
         assert r.status_code == 402 and r.json()["error"] == "insufficient_credits"
         assert all(h in r.headers for h in RATE_HEADERS)
@@ -205,6 +206,7 @@ def test_content_policy_refusal_is_422_and_charges_nothing() -> None:
         key = p.add_key()
         r = await generate(http, key, prompt="something [policy]")
         assert r.status_code == 422 and r.json()["error"] == "content_policy"
+        assert all(h in r.headers for h in RATE_HEADERS)
         assert p.balance(key) == 1000 and p.charges == []
 
     run(scenario)
@@ -350,7 +352,30 @@ def test_generation_moves_queued_then_running_then_succeeded() -> None:
         assert generation.completed_at is not None and generation.created_at is not None
         assert [(o.width, o.height) for o in generation.outputs] == [(1536, 1024)] * 2
 
-    run(scenario, time_scale=10, queued_for=1.0, runs_for=2.0)
+    run(scenario, time_scale=10, queued_for=2.0, runs_for=3.0)
+
+
+def test_slow_marker_keeps_a_generation_running_longer() -> None:
+    async def scenario(p: LocalProvider, http: httpx.AsyncClient, rx: Receiver) -> None:
+        key = p.add_key()
+        slow = (await generate(http, key, prompt="a cat [slow]")).json()["generationId"]
+        quick = (await generate(http, key, prompt="a cat")).json()["generationId"]
+        while p.generation(quick)["status"] != "succeeded":
+            await asyncio.sleep(0.01)
+        assert p.generation(slow)["status"] == "running"
+        await p.drain()
+        assert p.generation(slow)["status"] == "succeeded"
+
+    run(scenario, time_scale=100, queued_for=0.0, runs_for=1.0, slow_runs_for=60.0)
+
+
+def test_importing_the_test_kit_does_not_import_starlette() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, gptimg_webhooks.testing; print('starlette' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_outputs_are_real_png_and_webp_images_of_the_announced_size() -> None:
