@@ -68,6 +68,7 @@ def served() -> Iterator[tuple[LocalProvider, str]]:
     provider = LocalProvider(time_scale=3000)
     with BackgroundServer(provider, "127.0.0.1", free_port()) as server:
         yield provider, f"{server.url}/api/v1"
+        provider.wait_idle(timeout=30)  # no generation left pending when the loop stops
 
 
 def test_sync_client_submits_and_reads_the_generation_over_http(
@@ -158,7 +159,7 @@ def test_concurrency_stays_within_five_requests() -> None:
         assert p.peak_in_flight(key) == 5
         assert [c.status for c in p.calls] == [202] * 12
 
-    run_async(scenario, latency=2.0, time_scale=20)
+    run_async(scenario, latency=10.0, time_scale=20)  # each answer takes half a second
 
 
 def test_a_lower_concurrency_setting_is_honoured() -> None:
@@ -168,7 +169,7 @@ def test_a_lower_concurrency_setting_is_honoured() -> None:
         await asyncio.gather(*(api.generate("x") for _ in range(5)))
         assert p.peak_in_flight(key) == 2
 
-    run_async(scenario, latency=2.0, time_scale=20)
+    run_async(scenario, latency=10.0, time_scale=20)  # each answer takes half a second
 
 
 def test_quota_from_the_headers_is_waited_out_before_any_429() -> None:

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from gptimg_webhooks import Generation, parse_event, verify
-from gptimg_webhooks.testing import LocalProvider, wire_json
+from gptimg_webhooks.testing import FakeClock, LocalProvider, wire_json
 from tests.support.servers import free_port, running, uvicorn_argv
 
 RECEIVER = "http://receiver.test"
@@ -146,6 +146,18 @@ def test_missing_or_unknown_key_is_401_with_rate_limit_headers() -> None:
     run(scenario)
 
 
+def test_wrong_method_is_405_and_unknown_route_404_with_rate_limit_headers() -> None:
+    async def scenario(p: LocalProvider, http: httpx.AsyncClient, rx: Receiver) -> None:
+        key = p.add_key()
+        wrong = await http.get("/api/v1/generate", headers=bearer(key))
+        assert wrong.status_code == 405
+        missing = await http.delete("/api/v1/nothing", headers=bearer(key))
+        assert missing.status_code == 404
+        assert all(h in r.headers for r in (wrong, missing) for h in RATE_HEADERS)
+
+    run(scenario)
+
+
 def test_free_plan_is_403_and_no_credits_is_402() -> None:
     async def scenario(p: LocalProvider, http: httpx.AsyncClient, rx: Receiver) -> None:
         free = p.add_key(plan="free")
@@ -249,11 +261,12 @@ def test_upload_gives_a_put_url_valid_five_minutes_and_a_key_for_edits() -> None
         edit = await generate(http, key, type="edit", inputImageKeys=[image_key])
         assert edit.status_code == 202
         r = await http.post("/api/v1/upload", json=body, headers=bearer(key))
-        await p.clock.sleep(301)  # simulated: the URL is older than 5 minutes
+        await p.clock.sleep(301)  # the URL is now older than 5 minutes
         late = await http.put(r.json()["url"], content=png, headers={"Content-Type": "image/png"})
         assert late.status_code == 403
 
-    run(scenario, time_scale=60_000)
+    # Time moves only when someone sleeps: the URL is 0 s old, then 301 s.
+    run(scenario, clock=FakeClock())
 
 
 # -- rate limit, concurrency, idempotency ------------------------------------------------------
@@ -274,12 +287,12 @@ def test_rate_limit_counts_down_then_429_with_retry_after_until_the_window_reset
         assert int(r.headers["retry-after"]) >= 1
         assert r.headers["x-ratelimit-remaining"] == "0"
         assert p.charges == []
-        await p.clock.sleep(3600)  # simulated hour: a new window
+        await p.clock.sleep(3600)  # an hour later: a new window
         r = await generate(http, key)
         assert r.status_code == 202
         assert r.headers["x-ratelimit-remaining"] == "2"
 
-    run(scenario, rate_limit=3, time_scale=36_000)
+    run(scenario, rate_limit=3, clock=FakeClock())
 
 
 def test_default_limit_is_600_an_hour_with_reset_in_epoch_seconds() -> None:
@@ -305,7 +318,7 @@ def test_a_sixth_concurrent_request_of_one_key_is_429() -> None:
         assert limited.headers["retry-after"] == "1"
         assert p.peak_in_flight(key) == 5
 
-    run(scenario, latency=5.0, time_scale=20)
+    run(scenario, latency=20.0, time_scale=20)  # each answer takes a real second
 
 
 def test_same_idempotency_key_returns_the_existing_row_without_charging_again() -> None:

@@ -363,7 +363,11 @@ class LocalProvider:
                 Route("/api/v1/generate", self._api(self._generate), methods=["POST"]),
                 Route("/api/v1/upload", self._api(self._upload), methods=["POST"]),
                 Route("/api/v1/generations/{id}", self._api(self._generation), methods=["GET"]),
-                Route("/api/v1/{rest:path}", self._api(self._not_found), methods=["GET", "POST"]),
+                Route(
+                    "/api/v1/{rest:path}",
+                    self._api(self._not_found),
+                    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                ),
                 Route("/r2/{key:path}", self._put_upload, methods=["PUT"]),
                 Route("/files/{id}/{index:int}.{ext}", self._file, methods=["GET", "HEAD"]),
             ],
@@ -654,7 +658,12 @@ class LocalProvider:
         return JSONResponse(row.api())
 
     async def _not_found(self, request: Request, key: _Key) -> Response:
-        raise _Answer(404, "not_found", f"no route {request.method} {request.url.path}")
+        path = request.url.path
+        if path in ("/api/v1/generate", "/api/v1/upload") or path.startswith(
+            "/api/v1/generations/"
+        ):
+            raise _Answer(405, "method_not_allowed", f"{request.method} is not allowed here")
+        raise _Answer(404, "not_found", f"no route {request.method} {path}")
 
     async def _put_upload(self, request: Request) -> Response:
         upload = self._uploads.get(request.path_params["key"])
