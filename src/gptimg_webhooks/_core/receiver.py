@@ -328,8 +328,14 @@ class Webhooks:
         if self.reply_deadline is None:
             return self.handle_verified(verified)
         handoff = _Handoff()
-        future = self._executor().submit(self.handle_verified, verified, handoff)
+        future = self._executor().submit(self._pooled, verified, handoff)
         return _within(future.result, handoff, started, self.reply_deadline)
+
+    def _pooled(self, verified: Verified, handoff: _Handoff | None) -> Response:
+        try:
+            return self.handle_verified(verified, handoff)
+        finally:
+            self.store.close_thread()
 
     def _answered(self, response: Response) -> Response:
         if response.status < 300:
@@ -452,10 +458,10 @@ class Webhooks:
         ):
             # A blocking ledger and sync handlers: the rest costs one thread hop.
             if self.reply_deadline is None:
-                return await asyncio.to_thread(self.handle_verified, verified)
+                return await asyncio.to_thread(self._pooled, verified, None)
             handoff = _Handoff()
             loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(None, self.handle_verified, verified, handoff)
+            future = loop.run_in_executor(None, self._pooled, verified, handoff)
             return await _awithin(future, handoff, started, self.reply_deadline, self)
         try:
             try:

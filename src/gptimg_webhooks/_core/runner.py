@@ -145,7 +145,7 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
     if store.transactional and not (store.async_transactions and all_async):
         # A thread-bound transaction (Django's), or sync handlers that need a sync
         # connection as delivery.transaction: handlers and the mark share one thread.
-        return await asyncio.to_thread(execute, hooks, event, delivery, token)
+        return await asyncio.to_thread(_execute_in_thread, hooks, event, delivery, token)
     phase = _OPEN
     with hooks.keeper.holding(key, token):
         try:
@@ -170,6 +170,13 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
             await asyncio.to_thread(hooks.report, exc, event, delivery)
             return Result("failed", exc)
     return Result("processed" if handlers else "ignored")
+
+
+def _execute_in_thread(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Result:
+    try:
+        return execute(hooks, event, delivery, token)
+    finally:
+        hooks.store.close_thread()
 
 
 async def _acall(handlers: tuple[HandlerSpec, ...], event: Event, delivery: Delivery) -> None:
@@ -421,6 +428,7 @@ class Keeper:
         """Run records a dead runner left behind (and pending ones), from their bodies."""
         try:
             self.hooks.recover(limit=self.hooks.sweep_batch)
+            self.hooks.store.close_thread()
         except StoreUnavailable as exc:
             logger.warning("recovery sweep: store unavailable (%s)", exc)
         except Exception:
@@ -456,6 +464,7 @@ def _keep(ref: weakref.ref[Keeper]) -> None:
         tick = Keeper.tick if not keeper._idle() else 4 * Keeper.tick
         try:
             keeper._round()
+            keeper.hooks.store.close_thread()
         except ReferenceError:
             return
         except Exception:  # never let the keeper die: it holds everyone's leases
