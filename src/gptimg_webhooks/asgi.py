@@ -64,7 +64,7 @@ async def _serve(receiver: Webhooks, scope: Scope, receive: Receive, send: Send)
         logger.info("client disconnected mid-body (delivery %r)", _delivery_id(scope))
         return
     else:
-        answer = await receiver.handle_async(method, scope["headers"], body)
+        answer = await receiver.handle_async(method, scope["headers"], body, path=scope["path"])
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
     headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
@@ -76,14 +76,15 @@ def _delivery_id(scope: Scope) -> str:
 
 
 class WebhookMiddleware:
-    """Answer webhook POSTs on ``receiver.path``; pass every other request through untouched."""
+    """Answer webhook POSTs on ``receiver.path`` (and each account's path, with ``accounts=``);
+    pass every other request through untouched."""
 
     def __init__(self, app: ASGIApp, receiver: Webhooks | None = None) -> None:
         self.app = app
         self.receiver = receiver if receiver is not None else Webhooks()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.receiver.path:
+        if scope["type"] == "http" and self.receiver.serves(scope["path"]):
             await _serve(self.receiver, scope, receive, send)
         else:
             await self.app(scope, receive, send)

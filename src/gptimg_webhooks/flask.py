@@ -69,12 +69,19 @@ def webhook_view(receiver: Webhooks | None = None) -> Callable[[], Any]:
         else:
             # WSGI folds repeated headers with commas; the core rejects such values.
             headers = [(k[5:].replace("_", "-"), v) for k, v in environ.items() if k[:5] == "HTTP_"]
-            answer = hooks.handle(method, headers, body)
+            answer = hooks.handle(method, headers, body, path=request.path)
         return current_app.response_class(answer.body, answer.status, list(answer.headers))
 
     view = cast(Any, gptimg_webhook)
     view.methods, view.provide_automatic_options = _METHODS, False
     return gptimg_webhook
+
+
+def _rules(hooks: Webhooks) -> list[str]:
+    """The URL rules a receiver answers: its path, and its accounts' (``<path>/<name>``)."""
+    if hooks.accounts is None:
+        return [hooks.path]
+    return [hooks.path, f"{hooks.path.rstrip('/')}/<account>", *hooks.accounts.paths]
 
 
 def _exempt_from_csrf(scope: Flask | Blueprint, view: Callable[[], Any]) -> None:
@@ -96,7 +103,8 @@ def webhook_blueprint(
     hooks = receiver if receiver is not None else Webhooks()
     blueprint = Blueprint(name, __name__, url_prefix=url_prefix)
     view = webhook_view(hooks)
-    blueprint.add_url_rule(hooks.path, view_func=view)
+    for rule in _rules(hooks):
+        blueprint.add_url_rule(rule, view_func=view)
     _exempt_from_csrf(blueprint, view)
     return blueprint
 
@@ -132,7 +140,10 @@ class GptimgWebhooks:
             **(config.get("GPTIMG_WEBHOOK_OPTIONS") or {}),
         )
         view = webhook_view(receiver)
-        app.add_url_rule(receiver.path, endpoint=EXTENSION, view_func=view)
+        for i, rule in enumerate(_rules(receiver)):
+            app.add_url_rule(
+                rule, endpoint=EXTENSION if not i else f"{EXTENSION}_{i}", view_func=view
+            )
         _exempt_from_csrf(app, view)
         self._receivers[app] = receiver
         app.extensions[EXTENSION] = self

@@ -91,7 +91,8 @@ class WebhookView:
             return _ASYNC_MARKS[name]
         raise AttributeError(name)
 
-    def __call__(self, request: HttpRequest) -> Any:
+    def __call__(self, request: HttpRequest, **route: Any) -> Any:
+        # route: the URL's <account>, if any; the receiver reads the path itself.
         if _in_event_loop():
             return self.respond_async(request)
         return self.respond(request)
@@ -101,14 +102,18 @@ class WebhookView:
         if isinstance(ready, HttpResponse):
             return ready
         hooks, body = ready
-        return _response(hooks.handle(request.method or "", request.headers, body))
+        answer = hooks.handle(request.method or "", request.headers, body, path=request.path)
+        return _response(answer)
 
     async def respond_async(self, request: HttpRequest) -> HttpResponse:
         ready = _prepare(request)  # Django's ASGI handler has spooled the body already
         if isinstance(ready, HttpResponse):
             return ready
         hooks, body = ready
-        return _response(await hooks.handle_async(request.method or "", request.headers, body))
+        answer = await hooks.handle_async(
+            request.method or "", request.headers, body, path=request.path
+        )
+        return _response(answer)
 
 
 def _in_event_loop() -> bool:
