@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
+import inspect
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -16,28 +15,30 @@ from typing import Any
 import click
 from rich.table import Table
 
-from gptimg_webhooks._core import strictjson
-from gptimg_webhooks._core.errors import StoreUnavailable, WebhookError
-from gptimg_webhooks._core.events import parse_event
-from gptimg_webhooks._core.handlers import Delivery
-from gptimg_webhooks._core.ledger import ClaimStatus, Entry, Record, State, Store
-from gptimg_webhooks._core.protocol import run_claimed
-from gptimg_webhooks._core.receiver import DEFAULT_RETENTION, DEFAULT_STORE, STORE_ENV, Webhooks
-from gptimg_webhooks._core.signature import Match
+from gptimg_webhooks._core.durations import DURATION_HELP, parse_duration
+from gptimg_webhooks._core.errors import ConfigurationError
+from gptimg_webhooks._core.ledger import Record, State, Store
+from gptimg_webhooks._core.receiver import DEFAULT_RETENTION, DEFAULT_STORE, STORE_ENV
 from gptimg_webhooks.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
-    Unavailable,
+    ConfigProblem,
     console,
+    err_console,
     json_option,
+    load_receiver,
+    one_line_logs,
+    open_readonly,
+    open_writable,
     print_json,
 )
 
 __all__ = ["ledger"]
 
 _STATES = [s.value for s in State]
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: How many records a prefix search or a dry run scans at most.
+_SCAN = 100_000
+_MIN_PREFIX = 8
 
 
 def _store_option(func: Any) -> Any:
@@ -50,19 +51,14 @@ def _store_option(func: Any) -> Any:
     )(func)
 
 
-@contextmanager
-def _open(url: str | None) -> Iterator[Store]:
-    from gptimg_webhooks.stores import open_store
+def _url(url: str | None) -> str:
+    return url or os.environ.get(STORE_ENV) or DEFAULT_STORE
 
-    url = url or os.environ.get(STORE_ENV) or DEFAULT_STORE
-    try:
-        store = open_store(url)
-    except WebhookError as exc:
-        raise click.UsageError(str(exc)) from exc
+
+@contextmanager
+def _closing(store: Store) -> Iterator[Store]:
     try:
         yield store
-    except StoreUnavailable as exc:
-        raise Unavailable(f"store {url}: {exc}") from exc
     finally:
         store.close()
 
@@ -91,21 +87,35 @@ def _as_json(rec: Record, body: bool = False) -> dict[str, Any]:
     return out
 
 
-def _find(store: Store, key: str) -> Record:
-    """Return a record by full key, key prefix (8+ hex) or delivery id."""
-    found = store.get(key)
+def _find(store: Store, ref: str) -> Record:
+    """Return the record ``ref`` names: its key, delivery id, or an 8+ character prefix of either.
+
+    ``send`` prints the first 8 characters of the delivery id; that is enough.
+    """
+    ref = ref.strip()
+    found = store.get(ref) if ref else None
     if found is not None:
         return found
+    needle = ref.lower()
+    if len(needle) < _MIN_PREFIX:
+        raise ConfigProblem(
+            f"{ref!r} is too short: give a full key or delivery id, or at least "
+            f"{_MIN_PREFIX} characters of one"
+        )
     matches = [
         r
-        for r in store.records(None, limit=100_000)
-        if (len(key) >= 8 and r.key.startswith(key)) or r.delivery_id == key
+        for r in store.records(None, limit=_SCAN)
+        if r.key.startswith(needle) or (r.delivery_id or "").lower().startswith(needle)
     ]
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise click.BadParameter(f"no record with key or delivery id {key!r}", param_hint="KEY")
-    raise click.BadParameter(f"{key!r} matches {len(matches)} records; give more of the key")
+        raise ConfigProblem(f"no record with key or delivery id {ref!r}")
+    shown = "; ".join(f"key {r.key[:16]} delivery {r.delivery_id}" for r in matches[:10])
+    more = f" (and {len(matches) - 10} more)" if len(matches) > 10 else ""
+    raise ConfigProblem(
+        f"{ref!r} matches {len(matches)} records: {shown}{more}; give more characters"
+    )
 
 
 @click.group()
@@ -120,7 +130,7 @@ def ledger() -> None:
 @json_option
 def list_records(store_url: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List records, newest first."""
-    with _open(store_url) as store:
+    with _closing(open_readonly(_url(store_url))) as store:
         found = store.records(State(state) if state else None, limit=limit)
     if as_json:
         print_json([_as_json(r) for r in found])
@@ -147,8 +157,13 @@ def list_records(store_url: str | None, state: str | None, limit: int, as_json: 
 @_store_option
 @json_option
 def show(key: str, store_url: str | None, as_json: bool) -> None:
-    """Show one record (KEY: full key, 8+ character prefix, or delivery id) with its body."""
-    with _open(store_url) as store:
+    """Show one record with its body.
+
+    KEY: the record's key or delivery id, or at least 8 characters of either (the short
+    delivery id ``send`` prints). A prefix that matches several records exits 2 and
+    lists them.
+    """
+    with _closing(open_readonly(_url(store_url))) as store:
         rec = _find(store, key)
     if as_json:
         print_json(_as_json(rec, body=True))
@@ -162,41 +177,6 @@ def show(key: str, store_url: str | None, as_json: bool) -> None:
         except ValueError:
             text = rec.body.decode("utf-8", "replace")
         console.print(text, markup=False)
-
-
-def _load_receiver(ref: str) -> Webhooks:
-    module_name, _, attr = ref.partition(":")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-        receiver = getattr(module, attr or "hooks")
-    except (ImportError, AttributeError) as exc:
-        raise Unavailable(f"cannot load {ref!r}: {exc}") from exc
-    found = getattr(receiver, "receiver", receiver)  # an adapter wrapping a receiver
-    if not isinstance(found, Webhooks):
-        raise click.BadParameter(f"{ref!r} is not a Webhooks receiver", param_hint="--app")
-    return found
-
-
-def _run(hooks: Webhooks, rec: Record, claim_attempt: int, token: str) -> tuple[bool, str]:
-    """Run the handlers for a leased record; settle it like a delivery would."""
-    if rec.body is None:
-        return False, "no body kept"
-    try:
-        event = parse_event(strictjson.loads(rec.body))
-    except WebhookError as exc:
-        return False, f"body is not a valid event: {exc}"
-    delivery = Delivery(
-        rec.delivery_id, event.event, rec.key, Match(-1, "replay"), time.time(), claim_attempt
-    )
-    from gptimg_webhooks._core.ledger import Claim
-
-    claim = Claim(ClaimStatus.CLAIMED, claim_attempt, token)
-    response = hooks._drive(run_claimed(hooks, event, delivery, claim))
-    data = response.json
-    return response.status == 200 and data.get("status") == "processed", str(
-        data.get("status") or data.get("error")
-    )
 
 
 @ledger.command()
@@ -224,76 +204,97 @@ def replay(
 ) -> None:
     """Replay failed or dead records from their kept bodies.
 
-    Without --app, records go back to pending, for ``gptimg-webhooks worker`` to run.
-    With --app MODULE:ATTR, the handlers of that receiver run here and now: failed
-    records are claimed and run directly; dead ones are put back to pending and leased
-    with anything else due, like one worker pass. The store defaults to the
-    receiver's.
+    KEYS: keys or delivery ids, or 8+ character prefixes of either. Only the records
+    named (or, with --state, in that state) are touched.
 
-    Exit status: 0 all replayed (and, with --app, processed), 1 otherwise.
+    Without --app, records go back to pending, for ``gptimg-webhooks worker`` to run.
+    With --app MODULE:ATTR, that receiver's handlers run here and now, record by record;
+    one that fails again is kept as dead with its new error, and the others are still
+    tried. The store defaults to the receiver's.
+
+    Exit status: 0 every record replayed (with --app: processed), 1 any was not.
     """
     if not keys and state is None:
         raise click.UsageError("give record KEYS or --state failed|dead|both")
-    hooks = _load_receiver(app_ref) if app_ref else None
-    url = store_url if store_url or hooks is None else None
-    results: list[dict[str, Any]] = []
-    with _open(url) if hooks is None or url else _borrow(hooks.store) as store:
+    if keys and state is not None:
+        raise click.UsageError("give record KEYS or --state, not both")
+    hooks = load_receiver(app_ref) if app_ref else None
+    if hooks is not None:
+        one_line_logs()  # a handler that fails again is one outcome line, not a traceback
+        if store_url:
+            hooks.store = open_writable(store_url)
+        store = hooks.store
+    else:
+        store = open_writable(_url(store_url))
+    try:
         if keys:
-            chosen = [_find(store, k) for k in keys]
+            chosen = [_find(store, k).key for k in keys]
         else:
-            wanted = ["failed", "dead"] if state == "both" else [str(state)]
-            chosen = [r for s in wanted for r in store.records(State(s), limit=100_000)]
-        now = time.time()
-        for rec in chosen:
-            if rec.state not in (State.FAILED, State.DEAD):
-                results.append({"key": rec.key, "ok": False, "result": f"is {rec.state.value}"})
-                continue
-            if hooks is not None and rec.state is State.FAILED and rec.body is not None:
-                claim = store.claim(
-                    Entry(rec.key, rec.delivery_id, rec.event, rec.generation_id, rec.body),
-                    now=now,
-                    lease=hooks.lease,
-                )
-                if claim.status is ClaimStatus.CLAIMED:
-                    ok, word = _run(hooks, rec, claim.attempt, claim.token)
-                    results.append({"key": rec.key, "ok": ok, "result": word})
-                    continue
-            done = store.replay(rec.key, now=now)
-            word = "pending" if done else "not replayable"
-            results.append({"key": rec.key, "ok": done, "result": word})
+            wanted = [State.FAILED, State.DEAD] if state == "both" else [State(str(state))]
+            chosen = [r.key for s in wanted for r in store.records(s, limit=_SCAN)]
         if hooks is not None:
-            # Dead records went back to pending: run them as one worker pass would.
-            for rec, claim in store.lease_pending(now=time.time(), lease=hooks.lease, limit=1000):
-                ok, word = _run(hooks, rec, claim.attempt, claim.token)
-                for r in results:
-                    if r["key"] == rec.key:
-                        r.update(ok=ok, result=word)
-                        break
-                else:
-                    results.append({"key": rec.key, "ok": ok, "result": word})
+            from gptimg_webhooks.replay import replay_now
+
+            results = [o.as_json() for o in replay_now(hooks, chosen)]
+        else:
+            results = [_requeue(store, key) for key in chosen]
+    finally:
+        if hooks is not None:
+            hooks.close()
+        else:
+            store.close()
     if as_json:
         print_json(results)
     else:
         for r in results:
             colour = "green" if r["ok"] else "red"
-            console.print(f"{r['key'][:12]} [{colour}]{r['result']}[/{colour}]")
-        console.print(f"{sum(r['ok'] for r in results)}/{len(results)} replayed")
-    sys.exit(EXIT_OK if results and all(r["ok"] for r in results) else EXIT_FAILED)
+            error = f"  {r['error']}" if r.get("error") and not r["ok"] else ""
+            console.print(f"{r['key'][:12]} [{colour}]{r['status']}[/{colour}]{error}")
+        if results:
+            console.print(f"{sum(r['ok'] for r in results)}/{len(results)} replayed")
+        else:
+            console.print("nothing to replay")
+    sys.exit(EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILED)
 
 
-@contextmanager
-def _borrow(store: Store) -> Iterator[Store]:
+def _requeue(store: Store, key: str) -> dict[str, Any]:
+    """Put one failed or dead record back to pending, for a worker."""
+    if store.replay(key, now=time.time()):
+        return {"key": key, "status": "queued", "ok": True, "state": "pending"}
+    rec = store.get(key)
+    state = rec.state.value if rec is not None else None
+    return {"key": key, "status": "not_replayable", "ok": False, "state": state}
+
+
+def _prune(store: Store, before: float, *, include_failed: bool) -> int:
+    """Delete settled records last touched before ``before``: done, or all settled.
+
+    The one seam to rewire once stores take ``prune(before, *, states=...)``.
+    """
+    if include_failed:
+        if not _prunes_failed_on_request(store):
+            raise ConfigProblem(
+                f"the {type(store).__name__} store cannot prune failed and dead records on "
+                "request (no prune(..., include_failed=True)); replay them or leave them"
+            )
+        return int(store.prune(before, include_failed=True))  # type: ignore[call-arg]
+    return store.prune(before)
+
+
+def _prunes_failed_on_request(store: Store) -> bool:
+    """Return whether ``store.prune`` keeps failed records unless asked (feature detection).
+
+    A store without the option is the older kind whose ``prune(before)`` deletes failed
+    and dead records too.
+    """
     try:
-        yield store
-    except StoreUnavailable as exc:
-        raise Unavailable(f"store: {exc}") from exc
+        return "include_failed" in inspect.signature(store.prune).parameters
+    except (TypeError, ValueError):
+        return False
 
 
-def _seconds(text: str) -> float:
-    m = _DURATION.fullmatch(text.strip())
-    if not m:
-        raise click.BadParameter(f"not a duration: {text!r} (try 30d, 12h, 90m, 3600)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+def _older(store: Store, states: list[State], before: float) -> list[Record]:
+    return [r for s in states for r in store.records(s, limit=_SCAN) if r.updated_at < before]
 
 
 @ledger.command()
@@ -302,19 +303,75 @@ def _seconds(text: str) -> float:
     "--older-than",
     default=f"{int(DEFAULT_RETENTION // 86400)}d",
     show_default=True,
-    help="Delete settled records untouched for this long (s, m, h, d, w).",
+    help=f"Delete records untouched for this long ({DURATION_HELP}).",
 )
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option(
+    "--include-failed",
+    is_flag=True,
+    help="Also delete failed and dead records (kept for replay); asks first unless --yes.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting failed records.")
 @json_option
-def prune(store_url: str | None, older_than: str, as_json: bool) -> None:
-    """Delete settled records (done, failed, dead) untouched for longer than --older-than.
+def prune(
+    store_url: str | None,
+    older_than: str,
+    dry_run: bool,
+    include_failed: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Delete done records untouched for longer than --older-than.
 
-    Pending and in-progress records are never pruned. The default is the receiver's
-    retention: replays of captured bodies stay recognised that long.
+    Failed and dead records keep their bodies for replay: they go only with
+    --include-failed, after a confirmation (or --yes), and each one deleted is listed.
+    Pending and in-progress records are never pruned. The default age is the
+    receiver's retention: replays of captured bodies stay recognised that long.
     """
-    age = _seconds(older_than)
-    with _open(store_url) as store:
-        removed = store.prune(time.time() - age)
+    try:
+        age = parse_duration(older_than)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+    before = time.time() - age
+    with _closing(open_writable(_url(store_url))) as store:
+        done = _older(store, [State.DONE], before)
+        failed = _older(store, [State.FAILED, State.DEAD], before)
+        if dry_run:
+            would = {"done": len(done), "failed": len(failed) if include_failed else 0}
+            kept = 0 if include_failed else len(failed)
+            if as_json:
+                print_json({"dry_run": True, "would_remove": would, "failed_kept": kept})
+            else:
+                console.print(
+                    f"dry run: would remove {would['done']} done and {would['failed']} "
+                    f"failed/dead record(s) older than {older_than}"
+                    + (f"; {kept} failed/dead record(s) kept for replay" if kept else "")
+                )
+            return
+        if failed and not include_failed and not _prunes_failed_on_request(store):
+            raise ConfigProblem(
+                f"{len(failed)} failed/dead record(s) older than {older_than} are kept for "
+                f"replay, and this store's prune would delete them with the done ones: "
+                "replay them first (gptimg-webhooks ledger replay), or pass --include-failed"
+            )
+        if include_failed and failed:
+            for rec in failed:
+                err_console.print(
+                    f"will delete {rec.state.value} {rec.key[:12]} ({rec.event or '-'} "
+                    f"{rec.generation_id or '-'}): {rec.error or ''}",
+                    markup=False,
+                )
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise ConfigProblem(
+                        f"deleting {len(failed)} failed/dead record(s) needs a confirmation: "
+                        "pass --yes"
+                    )
+                click.confirm(
+                    f"Delete {len(failed)} failed/dead record(s) kept for replay?", abort=True
+                )
+        removed = _prune(store, before, include_failed=include_failed)
     if as_json:
-        print_json({"removed": removed})
+        print_json({"removed": removed, "failed_removed": len(failed) if include_failed else 0})
     else:
         console.print(f"removed {removed} record(s) older than {older_than}")
