@@ -269,7 +269,7 @@ def test_prune_include_failed_without_yes_asks_and_a_pipe_cannot_answer(
 def test_prune_removes_done_records_when_no_failed_one_is_at_stake(
     cli: Run, ledger: tuple[str, str, str]
 ) -> None:
-    url, done_key, failed_key = ledger
+    url, _, failed_key = ledger
     store = open_store(url)
     # Settle the failed record for good, so only done records are old enough.
     store.replay(failed_key, now=time.time())

@@ -90,7 +90,11 @@ def test_a_401_stops_the_retries_and_hints_at_the_secret(cli: Run, strict_receiv
 
 def test_retry_401_retries_like_the_provider(cli: Run, strict_receiver: str) -> None:
     done = cli(
-        "send", f"{strict_receiver}/hooks/gptimg", "--retry-401", "--time-scale", "100000",
+        "send",
+        f"{strict_receiver}/hooks/gptimg",
+        "--retry-401",
+        "--time-scale",
+        "100000",
         "--json",
     )
     report = json.loads(done.stdout)

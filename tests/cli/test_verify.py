@@ -163,9 +163,7 @@ def test_a_valid_signature_the_receiver_would_still_refuse_exits_one(
     assert done.returncode == 1
     assert done.stdout.startswith("refused: the signature is valid (secret #0")
     assert "the library would answer 400 invalid_headers" in done.stdout
-    as_json = cli(
-        "verify", "body", "-H", f"X-Gptimg-Signature: {sign(BODY, SECRET)}", "--json"
-    )
+    as_json = cli("verify", "body", "-H", f"X-Gptimg-Signature: {sign(BODY, SECRET)}", "--json")
     report = json.loads(as_json.stdout)
     assert (report["valid"], report["accepted"]) == (True, False)
     assert report["answer"]["status"] == 400 and report["answer"]["code"] == "invalid_headers"

@@ -159,7 +159,9 @@ def test_prune_command_deletes_only_old_finished_records(hooks: Webhooks) -> Non
 
 
 @pytest.mark.parametrize(("age", "kept"), [("12h", ["c" * 64]), ("2d", ["b" * 64, "c" * 64])])
-def test_prune_command_takes_the_cli_duration_syntax(hooks: Webhooks, age: str, kept: list[str]) -> None:
+def test_prune_command_takes_the_cli_duration_syntax(
+    hooks: Webhooks, age: str, kept: list[str]
+) -> None:
     now = time.time()
     for key, hours in [("a" * 64, 72), ("b" * 64, 36), ("c" * 64, 1)]:
         Record.objects.create(

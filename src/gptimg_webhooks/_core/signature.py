@@ -71,8 +71,7 @@ def check_secret(value: object, index: int = 0) -> None:
     if not value.startswith(SECRET_PREFIX):
         raise ConfigurationError(
             f"{which} does not start with {SECRET_PREFIX!r}: it is not a webhook secret "
-            "(not an API key gimg_..., not the webhook id); the prefix is part of the key; "
-            + _HINT
+            "(not an API key gimg_..., not the webhook id); the prefix is part of the key; " + _HINT
         )
     rest = value[len(SECRET_PREFIX) :]
     if not rest:

@@ -167,8 +167,10 @@ def load_receiver(ref: str) -> Webhooks:
         target: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             target = getattr(target, part)
-        if not isinstance(target, Webhooks) and callable(target) and not hasattr(
-            target, "receiver"
+        if (
+            not isinstance(target, Webhooks)
+            and callable(target)
+            and not hasattr(target, "receiver")
         ):
             target = target()
         target = getattr(target, "receiver", target)

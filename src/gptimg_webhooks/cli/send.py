@@ -116,8 +116,7 @@ def _hint_401(secret_env: str, retried: bool) -> str:
     return (
         f"401 invalid_signature: the receiver refused the signature, so the secret in "
         f"{secret_env} is not the one the receiver is configured with (check both, quotes "
-        "and whitespace included; `gptimg-webhooks verify` explains a captured request)."
-        + what
+        "and whitespace included; `gptimg-webhooks verify` explains a captured request)." + what
     )
 
 

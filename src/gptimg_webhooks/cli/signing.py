@@ -112,8 +112,9 @@ def verify(
     else:
         answer = result.answer
         said = (
-            f"{answer.status} {answer.code}" if answer is not None else "nothing: it would "
-            "refuse to start with this secret"
+            f"{answer.status} {answer.code}"
+            if answer is not None
+            else "nothing: it would refuse to start with this secret"
         )
         if result.accepted:
             assert result.matched is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -32,10 +33,9 @@ def _probe(store: Store) -> str | None:
         except Exception as exc:
             failure.append(f"{type(exc).__name__}: {exc}")
         finally:
-            try:
+            # Closing is best effort: the read already said what matters.
+            with contextlib.suppress(Exception):
                 store.close()
-            except Exception:  # noqa: S110 - closing is best effort; the read said what matters
-                pass
 
     # A thread, so a store that hangs past its own timeouts cannot hang manage.py check.
     thread = threading.Thread(target=read, name="gptimg-webhooks-check", daemon=True)

@@ -112,9 +112,7 @@ def open_store(url: str) -> Store:
         target = _django_scheme()
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted({*_SCHEMES, "django"}))
-        raise ConfigurationError(
-            f"unknown store URL scheme in {mask_url(url)!r} (known: {known})"
-        )
+        raise ConfigurationError(f"unknown store URL scheme in {mask_url(url)!r} (known: {known})")
     module_name, _, cls_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
