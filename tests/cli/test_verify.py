@@ -204,3 +204,15 @@ def test_missing_signature_header_is_named(cli: Run, tmp_path: Path) -> None:
     done = cli("verify", "body", "-H", "X-Gptimg-Event: generation.succeeded", "--json")
     assert done.returncode == 1
     assert [c["code"] for c in json.loads(done.stdout)["causes"]] == ["missing_signature"]
+
+
+def test_a_configured_secret_the_receiver_refuses_fails_even_when_another_matches(
+    cli: Run, tmp_path: Path
+) -> None:
+    env = {"GPTIMG_WEBHOOK_SECRET": f"{SECRET},plain"}
+    code, causes, report = verify(cli, tmp_path, BODY, sign(BODY, SECRET), env=env)
+    assert (code, causes, report["valid"], report["answer"]) == (1, ["invalid_secret"], True, None)
+    assert "plain" not in report["causes"][0]["message"]
+    (tmp_path / "body").write_bytes(BODY)
+    done = cli("verify", "body", *headers(sign(BODY, SECRET)), env=env)
+    assert done.returncode == 1 and "would refuse to start" in done.stdout

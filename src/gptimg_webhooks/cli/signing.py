@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from gptimg_webhooks._core.signature import sign as sign_body
 from gptimg_webhooks.cli._common import (
@@ -124,12 +125,15 @@ def verify(
                 f"would answer {said}"
             )
         elif result.valid:
-            assert result.matched is not None and answer is not None
+            assert result.matched is not None
             index, sid = result.matched
+            why = f": {escape(answer.message)}" if answer is not None else ""
             console.print(
                 f"[red]refused[/red]: the signature is valid (secret #{index}, {sid}), but "
-                f"the library would answer {said}: {answer.message}"
+                f"the library would answer {said}{why}"
             )
+            for cause in result.causes:  # a configured secret the receiver refuses
+                console.print(f"  [bold]cause[/bold] {cause.code}: {cause.message}")
         else:
             console.print(f"[red]invalid[/red]: the library would answer {said}")
             for cause in result.causes:
