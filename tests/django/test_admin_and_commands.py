@@ -157,3 +157,21 @@ def test_prune_command_deletes_only_old_done_records(hooks: Webhooks) -> None:
     assert sorted(Record.objects.values_list("key", flat=True)) == ["b" * 64, "c" * 64, "d" * 64]
     call_command("gptimg_webhooks_prune", "--older-than", "0", stdout=out)
     assert sorted(Record.objects.values_list("key", flat=True)) == ["b" * 64, "c" * 64]
+
+
+@pytest.mark.parametrize(("age", "kept"), [("12h", ["c" * 64]), ("2d", ["b" * 64, "c" * 64])])
+def test_prune_command_takes_the_cli_duration_syntax(
+    hooks: Webhooks, age: str, kept: list[str]
+) -> None:
+    now = time.time()
+    for key, hours in [("a" * 64, 72), ("b" * 64, 36), ("c" * 64, 1)]:
+        Record.objects.create(
+            key=key, state="done", delivery_id="d", created_at=now, updated_at=now - hours * 3600
+        )
+    call_command("gptimg_webhooks_prune", "--older-than", age, stdout=StringIO())
+    assert sorted(Record.objects.values_list("key", flat=True)) == kept
+
+
+def test_prune_command_refuses_an_unreadable_age(hooks: Webhooks) -> None:
+    with pytest.raises(CommandError, match="not a duration"):
+        call_command("gptimg_webhooks_prune", "--older-than", "soon", stdout=StringIO())
