@@ -62,13 +62,16 @@ def test_only_the_keys_named_run(hooks: Webhooks) -> None:
     assert states["gen_c"] == (State.FAILED, 1)
 
 
-def test_a_dead_record_goes_back_to_pending_where_the_store_cannot_lease_it_by_key(
-    hooks: Webhooks,
-) -> None:
+def test_a_dead_record_runs_again_now_on_every_store(hooks: Webhooks) -> None:
     k = keys(hooks)
     replay_now(hooks, [k["gen_a"]])  # fails again: dead
     (outcome,) = replay_now(hooks, [k["gen_a"]])
-    assert (outcome.status, outcome.ok, outcome.state) == ("queued", False, "pending")
+    assert (outcome.status, outcome.ok, outcome.state, outcome.attempt) == (
+        "dead",
+        False,
+        "dead",
+        3,
+    )
     assert hooks.store.get(k["gen_c"]).state is State.FAILED  # type: ignore[union-attr]
 
 

@@ -69,7 +69,7 @@ def test_unknown_store_scheme_is_a_usage_error(cli: Run) -> None:
     ("url", "said"),
     [
         ("memory://?max_records=abc", "invalid store URL 'memory://?max_records=abc'"),
-        ("redis://127.0.0.1:notaport/0", "invalid store URL 'redis://127.0.0.1:notaport/0'"),
+        ("redis://127.0.0.1:notaport/0", "'redis://127.0.0.1:notaport/0'"),
         ("redis://user:hunter2@127.0.0.1:notaport/0", "redis://user:***@127.0.0.1"),
         ("mysql://x", "unknown store URL scheme in 'mysql://x'"),
     ],

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -225,7 +224,7 @@ def test_show_refuses_a_prefix_shorter_than_eight(cli: Run, ledger: tuple[str, s
 def test_prune_keeps_failed_records_and_counts_in_a_dry_run(
     cli: Run, ledger: tuple[str, str, str]
 ) -> None:
-    url, done_key, failed_key = ledger
+    url, _done_key, failed_key = ledger
     kept = json.loads(cli("ledger", "prune", "--store", url, "--json").stdout)
     assert kept == {"removed": 0, "failed_removed": 0}  # nothing is 30 days old
     dry = cli("ledger", "prune", "--store", url, "--older-than", "0s", "--dry-run", "--json")
@@ -239,23 +238,33 @@ def test_prune_keeps_failed_records_and_counts_in_a_dry_run(
         "ledger", "prune", "--store", url, "--older-than", "0s", "--dry-run", "--include-failed"
     )
     assert "would remove 1 done and 1 failed/dead" in dry_all.stdout
-    # This store's prune(before) would take the failed record too: refused, nothing lost.
-    refused = cli("ledger", "prune", "--store", url, "--older-than", "0s")
-    assert refused.returncode == 2
-    assert "1 failed/dead record(s)" in refused.stderr and "--include-failed" in refused.stderr
+    # A plain prune takes only the done record: the failed one stays for replay.
+    pruned = cli("ledger", "prune", "--store", url, "--older-than", "0s", "--json")
+    assert json.loads(pruned.stdout) == {"removed": 1, "failed_removed": 0}
     store = open_store(url)
-    assert {r.key for r in store.records()} == {done_key, failed_key}
+    assert {r.key for r in store.records()} == {failed_key}
     store.close()
 
 
-def test_prune_include_failed_needs_a_store_that_supports_it(
+def test_prune_include_failed_with_yes_names_and_deletes_them(
     cli: Run, ledger: tuple[str, str, str]
 ) -> None:
     url = ledger[0]
-    done = cli("ledger", "prune", "--store", url, "--older-than", "0s", "--include-failed", "--yes")
-    assert done.returncode == 2
-    assert "cannot prune failed and dead records on request" in done.stderr
-    assert "will delete failed" in done.stderr  # what would have gone is named first
+    done = cli(
+        "ledger",
+        "prune",
+        "--store",
+        url,
+        "--older-than",
+        "0s",
+        "--include-failed",
+        "--yes",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"removed": 2, "failed_removed": 1}
+    assert "will delete failed" in done.stderr  # each one that goes is named first
+    assert json.loads(cli("ledger", "list", "--store", url, "--json").stdout) == []
 
 
 def test_prune_include_failed_without_yes_asks_and_a_pipe_cannot_answer(
@@ -264,22 +273,6 @@ def test_prune_include_failed_without_yes_asks_and_a_pipe_cannot_answer(
     url = ledger[0]
     done = cli("ledger", "prune", "--store", url, "--older-than", "0s", "--include-failed")
     assert done.returncode == 2 and "pass --yes" in done.stderr
-
-
-def test_prune_removes_done_records_when_no_failed_one_is_at_stake(
-    cli: Run, ledger: tuple[str, str, str]
-) -> None:
-    url, _, failed_key = ledger
-    store = open_store(url)
-    # Settle the failed record for good, so only done records are old enough.
-    store.replay(failed_key, now=time.time())
-    (leased,) = store.lease_pending(now=time.time(), lease=60)
-    store.complete(failed_key, leased[1].token, now=time.time())
-    store.close()
-    pruned = cli("ledger", "prune", "--store", url, "--older-than", "0s", "--json")
-    assert pruned.returncode == 0, pruned.stderr
-    assert json.loads(pruned.stdout) == {"removed": 2, "failed_removed": 0}
-    assert json.loads(cli("ledger", "list", "--store", url, "--json").stdout) == []
 
 
 @pytest.mark.parametrize("age", ["1x", "d30", "-5s"])

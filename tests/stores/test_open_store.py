@@ -12,7 +12,7 @@ from gptimg_webhooks.stores import mask_url, open_store
     ("url", "said"),
     [
         ("memory://?max_records=abc", "invalid store URL 'memory://?max_records=abc'"),
-        ("redis://127.0.0.1:notaport/0", "invalid store URL 'redis://127.0.0.1:notaport/0'"),
+        ("redis://127.0.0.1:notaport/0", "'redis://127.0.0.1:notaport/0'"),
         ("redis://app:hunter2@127.0.0.1:notaport/0", "'redis://app:***@127.0.0.1:notaport/0'"),
         ("postgresql://app:hunter2@127.0.0.1/db?pool_max=x", "postgresql://app:***@127.0.0.1"),
         ("mysql://app:hunter2@db/x", "unknown store URL scheme in 'mysql://app:***@db/x'"),
