@@ -45,6 +45,7 @@ from ._core.events import (
 from ._core.handlers import Delivery, Registry
 from ._core.protocol import Response, Verified, verify_request
 from ._core.receiver import Webhooks, shared_registry
+from ._core.reconcile import Reconciliation
 from ._core.signature import Match, sign, verify
 from .stores import open_store
 
@@ -69,6 +70,7 @@ __all__ = [
     "MethodNotAllowed",
     "Output",
     "PayloadTooLarge",
+    "Reconciliation",
     "Registry",
     "RequestRejected",
     "Response",

@@ -37,7 +37,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import quote
@@ -65,6 +65,7 @@ __all__ = [
     "Submitted",
     "Unauthorized",
     "Upload",
+    "poller",
 ]
 
 DEFAULT_BASE_URL = "https://gptimage2.plus/api/v1"
@@ -293,6 +294,8 @@ class _Base:
                 "max_concurrency must be at least 1, max_retries and max_wait at least 0"
             )
         self.base_url = base_url.rstrip("/")
+        #: Called with each submitted generation's id, e.g. ``hooks.watch`` (reconciliation).
+        self.on_submitted: Callable[[str], object] | None = None
         self.timeout = timeout
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
@@ -440,7 +443,12 @@ class Client(_Base):
     ) -> Submitted:
         """Submit a generation (``POST /generate``); unset options take the API's defaults."""
         body = self._generate_body(prompt, type, size, quality, n, input_image_keys)
-        return self._parse(self._request("POST", "/generate", body, idempotency_key), Submitted)
+        submitted = self._parse(
+            self._request("POST", "/generate", body, idempotency_key), Submitted
+        )
+        if self.on_submitted is not None:
+            self.on_submitted(submitted.generation_id)
+        return submitted
 
     def upload(
         self, filename: str, content_type: str, size: int, *, idempotency_key: str | None = None
@@ -544,7 +552,10 @@ class AsyncClient(_Base):
         """Submit a generation (``POST /generate``); unset options take the API's defaults."""
         body = self._generate_body(prompt, type, size, quality, n, input_image_keys)
         response = await self._request("POST", "/generate", body, idempotency_key)
-        return self._parse(response, Submitted)
+        submitted = self._parse(response, Submitted)
+        if self.on_submitted is not None:
+            await asyncio.to_thread(self.on_submitted, submitted.generation_id)
+        return submitted
 
     async def upload(
         self, filename: str, content_type: str, size: int, *, idempotency_key: str | None = None
@@ -577,3 +588,29 @@ class AsyncClient(_Base):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def poller(
+    api_key: str | None = None,
+    *,
+    keys: Callable[[str], str | None] | None = None,
+    **options: Any,
+) -> Callable[[str, str | None], Generation]:
+    """Return ``poll(generation_id, account)`` for :class:`~gptimg_webhooks.Reconciliation`.
+
+    ``api_key`` (or ``GPTIMG_API_KEY``) polls for a receiver without accounts; ``keys``
+    maps an account's name to its API key (e.g. ``hooks.accounts.api_key``). Other
+    keywords go to :class:`Client`; one client per key is kept.
+    """
+    clients: dict[str | None, Client] = {}
+    lock = threading.Lock()
+
+    def poll(generation_id: str, account: str | None) -> Generation:
+        key = api_key if account is None or keys is None else keys(account)
+        with lock:
+            client = clients.get(account)
+            if client is None:
+                client = clients[account] = Client(key, **options)
+        return client.get_generation(generation_id)
+
+    return poll

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,9 +31,9 @@ from .errors import (
     StoreUnavailable,
     WebhookError,
 )
-from .events import Event, parse_event
+from .events import Event, GenerationFailed, GenerationSucceeded, parse_event
 from .handlers import Delivery, HandlerSpec, Registry
-from .ledger import Claim, ClaimStatus, Record, Store, open_url
+from .ledger import GATE, NUDGE, WATCH, Claim, ClaimStatus, Entry, Record, State, Store, open_url
 from .protocol import (
     DEAD,
     DUPLICATE,
@@ -52,6 +53,7 @@ from .protocol import (
     error_response,
     verify_request,
 )
+from .reconcile import Reconciliation, generation_key, is_generation_key, terminal_event
 from .runner import (
     Backoff,
     Keeper,
@@ -97,6 +99,8 @@ MIN_EVENT_AGE = 15 * 60.0
 #: Handlers registered with the module-level :func:`on`; every receiver runs them
 #: after its own, unless built with ``include_shared=False``.
 shared_registry = Registry()
+
+_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 #: A record's secret was verified when it was received; which one is not kept.
 RECORDED = Match(index=-1, id="recorded")
@@ -168,6 +172,7 @@ class Webhooks:
         registry: Registry | None = None,
         accounts: Sequence[Account] | AccountResolver | None = None,
         account_cache: float = 60.0,
+        reconcile: Reconciliation | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not path.startswith("/"):
@@ -240,6 +245,8 @@ class Webhooks:
         self.clock = clock
         self.on = self.registry.on
         self.on_error = self.registry.on_error
+        #: Poll the provider for generations no terminal webhook brought (``watch()``).
+        self.reconcile = reconcile
         self.keeper = Keeper(self)
         self._limits_cache: dict[Endpoint, Limits] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -481,7 +488,15 @@ class Webhooks:
     def _run_and_settle(
         self, event: Event, delivery: Delivery, token: str, handoff: _Handoff | None
     ) -> Response:
-        result = execute(self, event, delivery, token)
+        try:
+            step, also = self._take_gate(event, delivery.key)
+        except StoreUnavailable as exc:
+            self.keeper.settle_later(delivery.key, token, "store unavailable at the gate")
+            self.keeper.unrecorded_failure(self.counter_for(delivery.key))
+            return error_response(exc)
+        if step != "run":
+            return self._gated(step, delivery, token)
+        result = execute(self, event, delivery, token, also)
         detached = handoff is not None and handoff.finish()
         if result.outcome != "failed":
             return _result_answer(result)
@@ -555,6 +570,9 @@ class Webhooks:
     async def _arun_and_settle(
         self, event: Event, delivery: Delivery, token: str, handoff: _Handoff | None
     ) -> Response:
+        if self.reconcile is not None and _terminal_generation(event) is not None:
+            # The gate costs a round trip only with reconciliation on: keep it simple.
+            return await asyncio.to_thread(self._run_and_settle, event, delivery, token, handoff)
         result = await aexecute(self, event, delivery, token)
         detached = handoff is not None and handoff.finish()
         if result.outcome != "failed":
@@ -586,11 +604,16 @@ class Webhooks:
         once out of attempts. Outcomes: ``processed``, ``ignored``, ``handler_failed``
         (retry scheduled), ``dead``, ``lease_lost`` or ``store_unavailable``.
         """
+        if is_generation_key(record.key):
+            return self._poll_record(record, claim, backoff)
         event = _stored_event(self, record, claim)
         if event is None:
             return "dead"
         delivery = _stored_delivery(record, event, claim)
-        result = execute(self, event, delivery, claim.token)
+        step, also = self._take_gate(event, record.key)
+        if step != "run":
+            return str(self._gated(step, delivery, claim.token).json.get("status", step))
+        result = execute(self, event, delivery, claim.token, also)
         if result.outcome != "failed":
             return result.outcome
         plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
@@ -601,6 +624,8 @@ class Webhooks:
         self, record: Record, claim: Claim, *, backoff: Backoff | None = None
     ) -> str:
         """Async twin of :meth:`run_record` (workers)."""
+        if self.reconcile is not None:  # gates and polls are blocking calls: one thread hop
+            return await asyncio.to_thread(self.run_record, record, claim, backoff=backoff)
         event = await asyncio.to_thread(_stored_event, self, record, claim)
         if event is None:
             return "dead"
@@ -611,6 +636,93 @@ class Webhooks:
         plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
         await asettle_failure(self, record.key, claim.token, _error_text(result), plan)
         return "dead" if plan.op == "bury" else "handler_failed"
+
+    # Reconciliation -----------------------------------------------------------------
+
+    def watch(self, generation_id: str, *, account: str | None = None) -> bool:
+        """Remember a submitted generation: poll for it if no terminal webhook comes in time.
+
+        Pass it to the API client (``Client(..., on_submitted=hooks.watch)``) so every
+        generation it submits is watched. Return False when it was watched (or seen) already.
+        """
+        if self.reconcile is None:
+            raise ConfigurationError("watch() needs Webhooks(reconcile=Reconciliation(...))")
+        namespace = f"{account}:" if account else ""
+        key = generation_key(namespace, generation_id)
+        entry = Entry(key, "", None, generation_id, b"")
+        return self.store.apply(WATCH, key, entry=entry, delay=self.reconcile.after).ok
+
+    def reconcile_now(self, *, limit: int = 1000) -> dict[str, str]:
+        """Poll every watched generation still pending now, not at its time; run the outcomes.
+
+        ``gptimg-webhooks reconcile`` calls this, e.g. after an outage or a disabled
+        endpoint. Return each record's outcome by key (as :meth:`recover`).
+        """
+        for record in self.store.records(State.PENDING, limit=limit):
+            if is_generation_key(record.key):
+                self.store.apply(NUDGE, record.key)
+        return self.recover(limit=limit)
+
+    def _take_gate(self, event: Event, key: str) -> tuple[str, tuple[str, str] | None]:
+        """Take a terminal event's generation gate: ``run`` (holding it), ``done`` or ``busy``."""
+        generation_id = _terminal_generation(event) if self.reconcile is not None else None
+        if generation_id is None:
+            return "run", None
+        gate = generation_key(_namespace_of(key), generation_id)
+        entry = Entry(gate, "", event.event, generation_id, b"")
+        taken = self.store.apply(GATE, gate, entry=entry, lease=self.lease)
+        if taken.ok:
+            return "run", (gate, taken.token)
+        return ("done" if taken.found is State.DONE else "busy"), None
+
+    def _gated(self, step: str, delivery: Delivery, token: str) -> Response:
+        """Settle a delivery whose generation another path (a poll) has or is handling."""
+        if step == "done":
+            logger.info("generation of %s was handled by reconciliation", delivery.key[:12])
+            self.store.complete(delivery.key, token, counter=self.counter_for(delivery.key))
+            return DUPLICATE
+        self.store.fail(delivery.key, token, "its generation is being handled by a poll")
+        return _in_progress(self.guard_trips(self.counter_for(delivery.key)))
+
+    def _poll_record(self, record: Record, claim: Claim, backoff: Backoff | None) -> str:
+        reconcile = self.reconcile
+        generation_id = record.generation_id
+        if reconcile is None or generation_id is None:
+            self.store.bury(record.key, claim.token, "reconciliation is not configured")
+            return "dead"
+        account = _account_of(record.key)
+        try:
+            generation = reconcile.poll(generation_id, account)
+        except Exception as exc:
+            logger.warning("polling %s failed: %s", generation_id[:40], type(exc).__name__)
+            return self._poll_again(record, claim, f"poll failed: {type(exc).__name__}")
+        event = terminal_event(generation)
+        if event is None:
+            return self._poll_again(record, claim, f"still {generation.status}")
+        delivery = Delivery(
+            "reconciled",
+            event.event,
+            record.key,
+            RECORDED,
+            self.clock(),
+            claim.attempt,
+            account=account,
+        )
+        result = execute(self, event, delivery, claim.token)
+        if result.outcome != "failed":
+            logger.info("generation %s reconciled by polling", generation_id[:40])
+            return result.outcome
+        plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
+        settle_failure(self, record.key, claim.token, _error_text(result), plan)
+        return "dead" if plan.op == "bury" else "handler_failed"
+
+    def _poll_again(self, record: Record, claim: Claim, why: str) -> str:
+        assert self.reconcile is not None
+        if claim.attempt >= self.reconcile.max_polls:
+            self.store.bury(record.key, claim.token, f"gave up polling: {why}")
+            return "dead"
+        self.store.retry(record.key, claim.token, why, delay=self.reconcile.every)
+        return "polling"
 
     def recover(self, *, limit: int = 20) -> dict[str, str]:
         """Run records that are due (pending, or abandoned by a dead runner) now; blocking.
@@ -763,9 +875,21 @@ def _error_text(result: Result) -> str:
 
 
 def _account_of(key: str) -> str | None:
-    """Return the account a record key is namespaced under (``name:<sha256>``), if any."""
-    head, sep, _ = key.rpartition(":")
-    return head if sep and head else None
+    """Return the account a record key is namespaced under (``name:...``), if any."""
+    head, sep, _ = key.partition(":")
+    return head if sep and _ACCOUNT.fullmatch(head) else None
+
+
+def _namespace_of(key: str) -> str:
+    account = _account_of(key)
+    return f"{account}:" if account else ""
+
+
+def _terminal_generation(event: Event) -> str | None:
+    """Return the generation id of a terminal event (what a poll could also find)."""
+    if isinstance(event, GenerationSucceeded | GenerationFailed):
+        return event.data.generation_id
+    return None
 
 
 def _namespaced(verified: Verified, endpoint: Endpoint) -> Verified:

@@ -23,6 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -104,12 +105,22 @@ def _message(exc: BaseException) -> str:
 _OPEN, _HANDLERS, _MARK, _COMMIT = "open", "handlers", "mark", "commit"
 
 
-def execute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Result:
-    """Run ``event``'s handlers and the done mark, in the store's transaction, blocking."""
+def execute(
+    hooks: Webhooks,
+    event: Event,
+    delivery: Delivery,
+    token: str,
+    also: tuple[str, str] | None = None,
+) -> Result:
+    """Run ``event``'s handlers and the done mark, in the store's transaction, blocking.
+
+    ``also`` (key, token): a second record held for the same run (a generation's gate),
+    marked done with the first.
+    """
     store, key = hooks.store, delivery.key
     handlers = hooks.routes(event.event)
     phase = _OPEN
-    with hooks.keeper.holding(key, token):
+    with hooks.keeper.holding(key, token), _holding(hooks, also):
         try:
             with store.transaction() as tx:
                 phase = _HANDLERS
@@ -123,6 +134,8 @@ def execute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Re
                 phase = _MARK
                 if not store.complete(key, token, counter=hooks.counter_for(key)):
                     raise LeaseLost("the lease was lost while the handlers ran")
+                if also is not None and not store.complete(*also):
+                    raise LeaseLost("the generation's gate was lost while the handlers ran")
                 phase = _COMMIT
         except LeaseLost as exc:
             return Result("lease_lost", exc)
@@ -137,7 +150,13 @@ def execute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Re
     return Result("processed" if handlers else "ignored")
 
 
-async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Result:
+async def aexecute(
+    hooks: Webhooks,
+    event: Event,
+    delivery: Delivery,
+    token: str,
+    also: tuple[str, str] | None = None,
+) -> Result:
     """Async twin of :func:`execute`: no thread waits unless a handler or the store needs one."""
     store, key = hooks.store, delivery.key
     handlers = hooks.routes(event.event)
@@ -145,9 +164,9 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
     if store.transactional and not (store.async_transactions and all_async):
         # A thread-bound transaction (Django's), or sync handlers that need a sync
         # connection as delivery.transaction: handlers and the mark share one thread.
-        return await asyncio.to_thread(_execute_in_thread, hooks, event, delivery, token)
+        return await asyncio.to_thread(_execute_in_thread, hooks, event, delivery, token, also)
     phase = _OPEN
-    with hooks.keeper.holding(key, token):
+    with hooks.keeper.holding(key, token), _holding(hooks, also):
         try:
             async with store.atransaction() as tx:
                 phase = _HANDLERS
@@ -158,6 +177,8 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
                 phase = _MARK
                 if not await store.acomplete(key, token, counter=hooks.counter_for(key)):
                     raise LeaseLost("the lease was lost while the handlers ran")
+                if also is not None and not await store.acomplete(*also):
+                    raise LeaseLost("the generation's gate was lost while the handlers ran")
                 phase = _COMMIT
         except LeaseLost as exc:
             return Result("lease_lost", exc)
@@ -172,9 +193,19 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
     return Result("processed" if handlers else "ignored")
 
 
-def _execute_in_thread(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Result:
+def _holding(hooks: Webhooks, also: tuple[str, str] | None) -> AbstractContextManager[None]:
+    return nullcontext() if also is None else hooks.keeper.holding(*also)
+
+
+def _execute_in_thread(
+    hooks: Webhooks,
+    event: Event,
+    delivery: Delivery,
+    token: str,
+    also: tuple[str, str] | None = None,
+) -> Result:
     try:
-        return execute(hooks, event, delivery, token)
+        return execute(hooks, event, delivery, token, also)
     finally:
         hooks.store.close_thread()
 
