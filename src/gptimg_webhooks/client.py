@@ -389,8 +389,10 @@ class Client(_Base):
         max_retries: int = 3,
         max_wait: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        on_submitted: Callable[[str], object] | None = None,
     ) -> None:
         super().__init__(api_key, base_url, timeout, max_concurrency, max_retries, max_wait)
+        self.on_submitted = on_submitted
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._http = httpx.Client(timeout=timeout, transport=transport)
 
@@ -497,8 +499,10 @@ class AsyncClient(_Base):
         max_retries: int = 3,
         max_wait: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_submitted: Callable[[str], object] | None = None,
     ) -> None:
         super().__init__(api_key, base_url, timeout, max_concurrency, max_retries, max_wait)
+        self.on_submitted = on_submitted
         self._slots = asyncio.Semaphore(max_concurrency)
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
