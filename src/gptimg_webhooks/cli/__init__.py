@@ -28,6 +28,7 @@ from .demo import demo
 from .ledger import ledger
 from .listen import listen
 from .provider import provider
+from .reconcile import reconcile
 from .send import send
 from .signing import sign, verify
 from .worker import worker
@@ -55,5 +56,5 @@ def main() -> None:
     """
 
 
-for _command in (sign, verify, send, listen, demo, ledger, worker, provider):
+for _command in (sign, verify, send, listen, demo, ledger, worker, provider, reconcile):
     main.add_command(_command)
