@@ -20,7 +20,10 @@ def test_demo_script_shows_every_behaviour_then_exits(cli: Run) -> None:
         "✓ bad signature rejected",
         "→ 401 invalid_signature",
         "✓ failing handler retried",
+        "✓ submitted through the API client: the provider's webhook put its 2 images",
+        "succeeded, webhook answered 200",
         "✓ each generation recorded exactly once",
+        "GET /generations → 4 rows",
     ]:
         assert line in out
     # The provider's timeline: the 30 s wait plus the real latency of the first attempt.

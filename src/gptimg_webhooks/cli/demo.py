@@ -91,6 +91,23 @@ def _script(url: str, secret: str) -> list[Step]:
     return steps
 
 
+def _through_the_provider(provider: object, api_base: str, key: str) -> Step:
+    """Submit through the API client; the local provider's webhook fills the gallery."""
+    from gptimg_webhooks.client import Client
+
+    with Client(key, base_url=api_base) as api:
+        submitted = api.generate("a lighthouse at dusk", n=2)
+        provider.wait_idle(timeout=30)  # type: ignore[attr-defined]
+        generation = api.get_generation(submitted.generation_id)
+    delivered = [d.status for d in provider.deliveries]  # type: ignore[attr-defined]
+    return Step(
+        "Client.generate → local provider → signed webhook",
+        f"{generation.status}, webhook answered {' '.join(map(str, delivered))}",
+        "submitted through the API client: the provider's webhook put its 2 images in the gallery",
+        generation.status == "succeeded" and delivered == [200],
+    )
+
+
 def _check_gallery(base: str, tag_rows: int) -> Step:
     rows = httpx.get(f"{base}/generations", timeout=5).json()
     ids = [r["generationId"] for r in rows]
@@ -122,8 +139,9 @@ def demo(port: int, exit_after: bool, no_serve: bool, data_dir: Path | None) -> 
 
     Nothing to set up: a throwaway secret and a temporary SQLite ledger. The script
     shows a delivery accepted, a duplicate deduplicated, a forged-id replay caught, a
-    bad signature rejected, and a failing handler retried. Then the gallery stays up
-    until Ctrl-C (unless --exit).
+    bad signature rejected, a failing handler retried, and a generation submitted
+    through the API client to the local provider, whose signed webhook brings its
+    images to the gallery. Then the gallery stays up until Ctrl-C (unless --exit).
 
     Exit status: 0 every step behaved as expected, 1 otherwise, 4 no port or server.
     """
@@ -141,15 +159,31 @@ def demo(port: int, exit_after: bool, no_serve: bool, data_dir: Path | None) -> 
     # out of the demo's own account of them.
     logging.getLogger("gptimg_webhooks").propagate = False
     logging.getLogger("gptimg_webhooks").addHandler(logging.NullHandler())
+    from gptimg_webhooks.testing.provider import LocalProvider
+
     secret = random_secret()
-    hooks = Webhooks(secret, store=f"sqlite:///{workdir / 'ledger.sqlite3'}", include_shared=False)
-    app = create_app(hooks, Gallery(workdir))
     port = pick_port("127.0.0.1", port, fallback=True)
+    # The local provider, 60x faster: the gallery is its registered webhook endpoint.
+    provider = LocalProvider(time_scale=60, queued_for=30, runs_for=60)
+    key = provider.add_key()
+    _, provider_secret = provider.register_webhook(f"http://127.0.0.1:{port}/hooks/gptimg")
+    hooks = Webhooks(
+        [secret, provider_secret],
+        store=f"sqlite:///{workdir / 'ledger.sqlite3'}",
+        include_shared=False,
+    )
+    app = create_app(hooks, Gallery(workdir))
+    api_port = pick_port("127.0.0.1", port + 1, fallback=True)
     try:
-        with BackgroundServer(app, "127.0.0.1", port) as server:
-            console.print(f"gallery example running on {server.url} (data in {workdir})\n")
+        with (
+            BackgroundServer(provider, "127.0.0.1", api_port) as api_server,
+            BackgroundServer(app, "127.0.0.1", port) as server,
+        ):
+            console.print(f"gallery example running on {server.url} (data in {workdir})")
+            console.print(f"local provider API on {api_server.url}/api/v1\n")
             steps = _script(server.url + hooks.path, secret)
-            steps.append(_check_gallery(server.url, tag_rows=3))
+            steps.append(_through_the_provider(provider, f"{api_server.url}/api/v1", key))
+            steps.append(_check_gallery(server.url, tag_rows=4))
             for s in steps:
                 mark = "[green]✓[/green]" if s.ok else "[red]✗[/red]"
                 console.print(f"{mark} {s.meaning}\n    {s.what} → {s.answer}")
