@@ -13,11 +13,20 @@ pyproject.toml: keep the two in step. The results are recorded in docs/compatibi
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["newest", "lowest"]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
+
+# Interpreters installed with pyenv are found without activating them.
+_PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+os.environ["PATH"] = os.pathsep.join(
+    [*(str(p / "bin") for p in sorted(_PYENV.glob("3.*"))), os.environ.get("PATH", "")]
+)
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 # pydantic 2.6 has no wheels for 3.13 (pydantic-core 2.16 predates it): the lowest set runs

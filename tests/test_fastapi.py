@@ -1,7 +1,8 @@
-"""document_webhooks: a real FastAPI app under uvicorn shows the webhook in /openapi.json."""
+"""document_webhooks: a FastAPI app shows the webhook in /openapi.json and serves as before."""
 
 from __future__ import annotations
 
+import importlib.util
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,9 +42,14 @@ PATH = "/incoming/gptimg"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    folder: Path = tmp_path_factory.mktemp("fastapi_app")
-    (folder / "shop.py").write_text(textwrap.dedent(APP))
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where: Path = tmp_path_factory.mktemp("fastapi_app")
+    (where / "shop.py").write_text(textwrap.dedent(APP))
+    return where
+
+
+@pytest.fixture(scope="module")
+def server(folder: Path) -> Iterator[tuple[str, str]]:
     secret = random_secret()
     port = free_port()
     argv = [*uvicorn_argv("shop:app", port), "--app-dir", str(folder)]
@@ -52,10 +58,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
 
 
 @pytest.fixture(scope="module")
-def schema(server: tuple[str, str]) -> dict[str, Any]:
-    answer = httpx.get(server[0] + "/openapi.json", timeout=10)
-    assert answer.status_code == 200
-    document: dict[str, Any] = answer.json()
+def schema(folder: Path, monkeypatch_module: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch_module.setenv("GPTIMG_WEBHOOK_SECRET", random_secret())
+    spec = importlib.util.spec_from_file_location("shop_openapi", folder / "shop.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    document: dict[str, Any] = module.app.openapi()  # what FastAPI serves at /openapi.json
     return document
 
 
@@ -111,8 +120,20 @@ def test_webhook_path_documents_every_answer_of_the_contract(schema: dict[str, A
     assert set(refused["properties"]) == {"ok", "error", "message"}
 
 
-def test_app_routes_and_deliveries_are_unchanged(server: tuple[str, str]) -> None:
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.mark.slow
+def test_app_routes_and_deliveries_are_unchanged(
+    server: tuple[str, str], schema: dict[str, Any]
+) -> None:
     base, secret = server
+    served = httpx.get(base + "/openapi.json", timeout=10).json()
+    assert served["webhooks"] == schema["webhooks"]
+    assert served["paths"][PATH] == schema["paths"][PATH]
     sample = events.succeeded()
     delivery = signed(sample, secret)
     answer = httpx.post(base + PATH, content=delivery.body, headers=delivery.headers, timeout=10)
