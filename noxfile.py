@@ -34,12 +34,13 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 LOWEST_PYTHONS = ["3.10", "3.12"]
 
 #: The lower bounds of pyproject.toml, pinned exactly. fastapi 0.110.1 is the first release
-#: that accepts starlette 0.37.
+#: that accepts starlette 0.37; flask 2.3.3 the first whose test client works with Werkzeug
+#: 3.1 (2.3.0-2.3.2 read ``werkzeug.__version__``, which Werkzeug 3.1 removed).
 LOWEST = [
     "pydantic==2.6.0",
     "starlette==0.37.2",
     "fastapi==0.110.1",
-    "flask==2.3.0",
+    "flask==2.3.3",
     "django==4.2",
 ]
 
@@ -53,6 +54,7 @@ TEST_DEPS = [
     "uvicorn>=0.29",
     "gunicorn>=22",
     "flask-wtf>=1.2",
+    "mypy>=1.10,<3",  # tests/_core/test_typing.py runs it on the handler overloads
 ]
 QUICK = [
     "tests/_core",
