@@ -92,4 +92,6 @@ def lowest(session: nox.Session) -> None:
     """Run the quick tests with the lowest supported version of each framework and pydantic."""
     session.install(EXTRAS, *TEST_DEPS, *LOWEST)
     _versions(session)
-    session.run("pytest", *QUICK, *session.posargs)
+    # Its feature is Django 5.1+: a skip here would fail the run under CI=true.
+    too_new = "tests/django/test_views.py::test_login_required_middleware_lets_deliveries_through"
+    session.run("pytest", *QUICK, "--deselect", too_new, *session.posargs)
