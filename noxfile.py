@@ -4,7 +4,8 @@
 
     nox -l                          # list the sessions
     nox -s "newest-3.12"            # one session
-    nox -s "lowest-3.10"            # what CI runs (scripts/test, under CI=true)
+    nox -s "lowest-3.10"            # CI runs it (scripts/test, CI=true) on fewer tests
+    nox -s "newest-3.12" -- tests/flask     # only these tests
 
 Sessions install with pip into fresh virtualenvs (nox's default backend) and run the quick,
 framework-facing part of the suite. The pins in ``LOWEST`` are the lower bounds declared in
@@ -56,6 +57,7 @@ TEST_DEPS = [
     "flask-wtf>=1.2",
     "mypy>=1.10,<3",  # tests/_core/test_typing.py runs it on the handler overloads
 ]
+#: The framework-facing tests; arguments after ``--`` replace this selection.
 QUICK = [
     "tests/_core",
     "tests/test_asgi.py",
@@ -63,11 +65,8 @@ QUICK = [
     "tests/flask",
     "tests/django",
     "tests/testing",
-    "-m",
-    "not slow",
-    "-p",
-    "no:cacheprovider",
 ]
+PYTEST = ["pytest", "-m", "not slow", "-p", "no:cacheprovider"]
 
 
 def _versions(session: nox.Session) -> None:
@@ -84,7 +83,7 @@ def newest(session: nox.Session) -> None:
     """Run the quick tests with the newest release of every dependency."""
     session.install("--upgrade", EXTRAS, *TEST_DEPS)
     _versions(session)
-    session.run("pytest", *QUICK, *session.posargs)
+    session.run(*PYTEST, *(session.posargs or QUICK))
 
 
 @nox.session(python=LOWEST_PYTHONS)
@@ -94,4 +93,4 @@ def lowest(session: nox.Session) -> None:
     _versions(session)
     # Its feature is Django 5.1+: a skip here would fail the run under CI=true.
     too_new = "tests/django/test_views.py::test_login_required_middleware_lets_deliveries_through"
-    session.run("pytest", *QUICK, "--deselect", too_new, *session.posargs)
+    session.run(*PYTEST, "--deselect", too_new, *(session.posargs or QUICK))
