@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from gptimg_webhooks import GenerationFailed, GenerationSucceeded, UnknownEvent, parse_event
-from gptimg_webhooks._core.events import Generation, Output
+from gptimg_webhooks import (
+    Generation,
+    GenerationFailed,
+    GenerationSucceeded,
+    Output,
+    UnknownEvent,
+    parse_event,
+)
 from gptimg_webhooks.cli import _diagnose
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
