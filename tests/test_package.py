@@ -60,6 +60,7 @@ def test_public_names_are_exactly_all() -> None:
         "worker",
         "client",
         "replay",
+        "fastapi",
     }
     assert public - submodules == set(gptimg_webhooks.__all__) - {"__version__"}
 
