@@ -82,7 +82,9 @@ def _statuses() -> set[str]:
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        if cls.__module__.startswith("gptimg_webhooks") and cls.status != 405:
+        # The API client's errors are answers *to* the app, not the receiver's.
+        receivers = cls.__module__.startswith("gptimg_webhooks._core")
+        if receivers and cls.status != 405:
             found.add(str(cls.status))
     return found
 

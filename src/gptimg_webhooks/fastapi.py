@@ -36,8 +36,8 @@ class WebhookAccepted(BaseModel):
 
     ok: Literal[True] = True
     status: Literal[
-        "processed", "ignored", "duplicate", "queued", "dead", "failed_accepted",
-        "processed_unrecorded",
+        "processed", "ignored", "duplicate", "queued", "processing", "dead", "failed_accepted",
+        "rejected_accepted", "processed_unrecorded",
     ] = Field(description="What became of the delivery; see the HTTP contract.")  # fmt: skip
 
 
@@ -55,12 +55,17 @@ def _refused(description: str) -> dict[str, Any]:
 
 #: Every answer of the HTTP contract, as OpenAPI responses.
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {"model": WebhookAccepted, "description": "Recorded for the workers (deferred mode)."},
+    202: {
+        "model": WebhookAccepted,
+        "description": "`queued` for the workers (deferred mode), or `processing`: the handlers "
+        "still run at the reply deadline and go on.",
+    },
     400: _refused(
         "`invalid_headers`, `event_mismatch`, `invalid_payload` (not strict JSON or not a valid "
         "event) or `stale_event`."
     ),
     401: _refused("`invalid_signature`: the signature header is missing, malformed or wrong."),
+    404: _refused("`unknown_endpoint`: no account is served at this path (with `accounts=`)."),
     409: _refused("`delivery_in_progress`: another copy of this delivery is being processed."),
     413: _refused("`payload_too_large`: the body is larger than the size cap (1 MiB)."),
     415: _refused("`unsupported_encoding`: a `Content-Encoding` other than identity."),
@@ -70,8 +75,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 _OK = (
     "`processed` (handlers ran), `ignored` (no handler), `duplicate` (already done, handlers "
-    "not run), `dead`, `failed_accepted` (the auto-disable guard) or `processed_unrecorded` "
-    "(fail open)."
+    "not run), `dead`, `failed_accepted` or `rejected_accepted` (the auto-disable guard) or "
+    "`processed_unrecorded` (fail open)."
 )
 
 _HEADERS = (

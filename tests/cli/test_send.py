@@ -26,7 +26,11 @@ def test_send_is_delivered_on_the_third_attempt_in_scaled_time(
     assert delivery["outcome"] == "delivered"
     assert [a["status"] for a in delivery["attempts"]] == [503, 503, 200]
     # 30 s then 120 s of provider waiting, scaled 600x: 0.25 s of real waiting.
-    assert [round(a["at"]) for a in delivery["attempts"]] == [0, 30, 150]
+    # On the provider's timeline the real latency of each attempt adds up (at most a few s).
+    at = [a["at"] for a in delivery["attempts"]]
+    assert at[0] == 0
+    assert 30 <= at[1] < 33
+    assert 150 <= at[2] < 154
     assert 0.25 <= took < 10
     assert httpx.get(f"{flaky_receiver}/posts").json()["posts"] == 3
 
