@@ -15,9 +15,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from . import strictjson
 from .errors import (
@@ -25,12 +27,14 @@ from .errors import (
     DeliveryInProgress,
     HandlerFailed,
     InvalidPayload,
+    InvalidSignature,
     StoreUnavailable,
     WebhookError,
 )
 from .events import Event, parse_event
 from .handlers import Delivery, HandlerSpec, Registry
-from .ledger import Claim, ClaimStatus, Record, Store, open_url
+from .ledger import Claim, ClaimStatus, Record, State, Store, open_url
+from .observe import Answer, Observer, Observers, Receipt, Run
 from .protocol import (
     DEAD,
     DUPLICATE,
@@ -67,7 +71,7 @@ from .signature import Match, Verifier, parse_secrets
 if TYPE_CHECKING:
     from .handlers import ErrorHook
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "STORE_ENV", "Webhooks", "shared_registry"]
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "STORE_ENV", "Dispatch", "Webhooks", "shared_registry"]
 
 logger = logging.getLogger("gptimg_webhooks")
 
@@ -98,6 +102,20 @@ shared_registry = Registry()
 
 #: A record's secret was verified when it was received; which one is not kept.
 RECORDED = Match(index=-1, id="recorded")
+
+
+#: A pending record older than this (seconds) whose pointer never ran is dispatched again.
+DEFAULT_REDISPATCH_GRACE = 60.0
+
+
+class Dispatch(Protocol):
+    """What the receiver needs of a task-queue dispatcher (``gptimg_webhooks.dispatch``)."""
+
+    def dispatch(self, key: str, *, delay: float = 0.0) -> None:
+        """Hand the engine a pointer to record ``key``, to run from ``delay`` seconds on."""
+
+    async def adispatch(self, key: str, *, delay: float = 0.0) -> None:
+        """Async twin of :meth:`dispatch`."""
 
 
 def _seconds(value: float | timedelta | None) -> float | None:
@@ -165,6 +183,8 @@ class Webhooks:
         include_shared: bool = True,
         registry: Registry | None = None,
         clock: Callable[[], float] = time.time,
+        dispatcher: Dispatch | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.verifier = Verifier(parse_secrets(secret))
         if store is None or isinstance(store, str):
@@ -211,6 +231,12 @@ class Webhooks:
         if mode not in ("inline", "deferred"):
             raise ConfigurationError(f"mode must be 'inline' or 'deferred', not {mode!r}")
         self.deferred = mode == "deferred"
+        if dispatcher is not None and not self.deferred:
+            raise ConfigurationError("a dispatcher needs mode='deferred'")
+        #: The task queue that runs deferred records; None: workers poll the ledger.
+        self.dispatcher = dispatcher
+        self.redispatch_grace = DEFAULT_REDISPATCH_GRACE
+        self.observers = Observers(observers)
         self.sweep = sweep
         self.sweep_interval = float(_seconds(sweep_interval) or 0)
         if self.sweep_interval <= 0:
@@ -301,7 +327,9 @@ class Webhooks:
             extra={
                 "delivery_id": delivery.id,
                 "event": delivery.event,
+                "key_prefix": delivery.key[:12],
                 "attempt": delivery.attempt,
+                "outcome": "handler_failed",
             },
         )
         for hook in self._error_hooks():
@@ -324,12 +352,73 @@ class Webhooks:
         try:
             verified = verify_request(self.limits, method, headers, body, self.clock())
         except WebhookError as exc:
-            return self._rejected(exc, headers)
-        if self.reply_deadline is None:
-            return self.handle_verified(verified)
-        handoff = _Handoff()
-        future = self._executor().submit(self.handle_verified, verified, handoff)
-        return _within(future.result, handoff, started, self.reply_deadline)
+            return self._told(started, self._rejected(exc, headers), None, exc, headers)
+        with self._receiving(verified) as (verified, receipt):
+            if self.reply_deadline is None:
+                response = self.handle_verified(verified)
+            else:
+                handoff = _Handoff()
+                future = self._executor().submit(self.handle_verified, verified, handoff)
+                response = _within(future.result, handoff, started, self.reply_deadline)
+            _fill(receipt, response)
+        return self._told(started, response, verified)
+
+    # Observers ------------------------------------------------------------------------
+
+    @contextmanager
+    def _receiving(self, verified: Verified) -> Iterator[tuple[Verified, Receipt | None]]:
+        """Let observers wrap a verified delivery's receipt (and stamp its traceparent)."""
+        if not self.observers:
+            yield verified, None
+            return
+        receipt = Receipt(
+            verified.delivery_id,
+            verified.event.event,
+            verified.entry.key,
+            "deferred" if self.deferred else "inline",
+        )
+        with self.observers.receiving(receipt):
+            if receipt.traceparent:
+                entry = replace(verified.entry, traceparent=receipt.traceparent)
+                verified = replace(verified, entry=entry)
+            yield verified, receipt
+
+    @contextmanager
+    def _running(
+        self, delivery: Delivery, runner: str, traceparent: str | None = None
+    ) -> Iterator[Run | None]:
+        """Let observers wrap one run of a record's handlers; they see its duration."""
+        if not self.observers:
+            yield None
+            return
+        run = Run(delivery.key, delivery.id, delivery.event, delivery.attempt, runner, traceparent)
+        with self.observers.running(run):
+            start = time.monotonic()
+            try:
+                yield run
+            finally:
+                run.duration = time.monotonic() - start
+
+    def _told(
+        self,
+        started: float,
+        response: Response,
+        verified: Verified | None,
+        exc: WebhookError | None = None,
+        headers: Headers | None = None,
+    ) -> Response:
+        """Tell observers about an answer; return it."""
+        if self.observers:
+            cause = ""
+            if isinstance(exc, InvalidSignature) and headers is not None:
+                found = len(collect_headers(headers)[0])
+                cause = "missing" if not found else "repeated" if found > 1 else "mismatch"
+            delivery_id = verified.delivery_id if verified is not None else ""
+            event = verified.event.event if verified is not None else None
+            latency = time.monotonic() - started
+            answer = Answer(response.status, _word(response), event, delivery_id, latency, cause)
+            self.observers.answered(answer)
+        return response
 
     def _answered(self, response: Response) -> Response:
         if response.status < 300:
@@ -347,6 +436,8 @@ class Webhooks:
                     claim = self.store.claim(verified.entry, lease=self.lease)
             except StoreUnavailable as exc:
                 return self._store_down(verified, exc)
+            if claim.queued and self.dispatcher is not None:
+                self._dispatch(verified.entry.key)
             if claim.status is not ClaimStatus.CLAIMED:
                 return self._unclaimed(claim, verified)
             delivery = self._delivery(verified, claim.attempt)
@@ -375,7 +466,10 @@ class Webhooks:
     def _store_down(self, verified: Verified, exc: StoreUnavailable) -> Response:
         if not self.fail_open:
             logger.error(
-                "ledger unavailable, answering 503 (delivery %r): %s", verified.delivery_id, exc
+                "ledger unavailable, answering 503 (delivery %r): %s",
+                verified.delivery_id,
+                exc,
+                extra=_fields(verified, "store_unavailable"),
             )
             self.keeper.unrecorded_failure()
             return error_response(exc)
@@ -404,6 +498,7 @@ class Webhooks:
                     "duplicate of %s (delivery %r): already done",
                     verified.entry.key[:12],
                     verified.delivery_id,
+                    extra=_fields(verified, "duplicate"),
                 )
             return answer
         return _in_progress(self.guard_trips())
@@ -419,7 +514,10 @@ class Webhooks:
     def _run_and_settle(
         self, event: Event, delivery: Delivery, token: str, handoff: _Handoff | None
     ) -> Response:
-        result = execute(self, event, delivery, token)
+        with self._running(delivery, "inline") as run:
+            result = execute(self, event, delivery, token)
+            if run is not None:
+                run.outcome = result.outcome
         detached = handoff is not None and handoff.finish()
         if result.outcome != "failed":
             return _result_answer(result)
@@ -443,9 +541,17 @@ class Webhooks:
             verified = verify_request(self.limits, method, headers, body, self.clock())
         except WebhookError as exc:
             if isinstance(exc, SIGNED_REJECTIONS):
-                return await asyncio.to_thread(self._rejected, exc, headers)
-            _log_rejection(exc, headers)
-            return error_response(exc)
+                response = await asyncio.to_thread(self._rejected, exc, headers)
+            else:
+                _log_rejection(exc, headers)
+                response = error_response(exc)
+            return self._told(started, response, None, exc, headers)
+        with self._receiving(verified) as (verified, receipt):
+            response = await self._ahandle_verified(verified, started)
+            _fill(receipt, response)
+        return self._told(started, response, verified)
+
+    async def _ahandle_verified(self, verified: Verified, started: float) -> Response:
         store = self.store
         if not store.native_async and not any(
             h.is_async for h in self.routes(verified.event.event)
@@ -465,6 +571,8 @@ class Webhooks:
                     claim = await store.aclaim(verified.entry, lease=self.lease)
             except StoreUnavailable as exc:
                 return await asyncio.to_thread(self._store_down, verified, exc)
+            if claim.queued and self.dispatcher is not None:
+                await self._adispatch(verified.entry.key)
             if claim.status is not ClaimStatus.CLAIMED:
                 answer = _claim_answer(claim, self.deferred)
                 if answer is not None:
@@ -485,7 +593,10 @@ class Webhooks:
     async def _arun_and_settle(
         self, event: Event, delivery: Delivery, token: str, handoff: _Handoff | None
     ) -> Response:
-        result = await aexecute(self, event, delivery, token)
+        with self._running(delivery, "inline") as run:
+            result = await aexecute(self, event, delivery, token)
+            if run is not None:
+                run.outcome = result.outcome
         detached = handoff is not None and handoff.finish()
         if result.outcome != "failed":
             return _result_answer(result)
@@ -521,7 +632,10 @@ class Webhooks:
         delivery = Delivery(
             record.delivery_id, event.event, record.key, RECORDED, record.created_at, claim.attempt
         )
-        result = execute(self, event, delivery, claim.token)
+        with self._running(delivery, "deferred", record.traceparent) as run:
+            result = execute(self, event, delivery, claim.token)
+            if run is not None:
+                run.outcome = result.outcome
         if result.outcome != "failed":
             return result.outcome
         plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
@@ -538,7 +652,10 @@ class Webhooks:
         delivery = Delivery(
             record.delivery_id, event.event, record.key, RECORDED, record.created_at, claim.attempt
         )
-        result = await aexecute(self, event, delivery, claim.token)
+        with self._running(delivery, "deferred", record.traceparent) as run:
+            result = await aexecute(self, event, delivery, claim.token)
+            if run is not None:
+                run.outcome = result.outcome
         if result.outcome != "failed":
             return result.outcome
         plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
@@ -551,10 +668,57 @@ class Webhooks:
         The receiver's recovery sweep calls this off the request path in inline mode.
         Return each record's outcome by key.
         """
+        if self.dispatcher is not None:
+            return dict.fromkeys(self.redispatch(limit=limit), "dispatched")
         outcomes = {}
         for record, claim in self.store.lease_due(lease=self.lease, limit=limit):
             outcomes[record.key] = self.run_record(record, claim)
         return outcomes
+
+    # Task queues: pointers --------------------------------------------------------------
+
+    def _dispatch(self, key: str, delay: float = 0.0) -> bool:
+        """Hand the dispatcher a pointer; a lost one is the sweep's (:meth:`redispatch`)."""
+        assert self.dispatcher is not None
+        try:
+            self.dispatcher.dispatch(key, delay=delay)
+            return True
+        except Exception as exc:
+            _log_lost_pointer(key, exc)
+            return False
+
+    async def _adispatch(self, key: str, delay: float = 0.0) -> bool:
+        assert self.dispatcher is not None
+        try:
+            await self.dispatcher.adispatch(key, delay=delay)
+            return True
+        except Exception as exc:
+            _log_lost_pointer(key, exc)
+            return False
+
+    def redispatch(self, *, limit: int = 100, grace: float | None = None) -> list[str]:
+        """Dispatch again the records whose pointer was lost; return their keys.
+
+        A record is re-dispatched when it is due and pending since more than ``grace``
+        seconds (default :attr:`redispatch_grace`), or processing under a lease that ran
+        out (its task died). Dispatching twice is harmless: the ledger runs it once.
+        """
+        if self.dispatcher is None:
+            raise ConfigurationError("redispatch needs a dispatcher")
+        grace = self.redispatch_grace if grace is None else grace
+        now = self.clock()
+        sent = []
+        for key in self.store.due(limit):
+            record = self.store.get(key)
+            if record is None:
+                continue
+            if record.state is State.PENDING and now - record.updated_at < grace:
+                continue  # its pointer is probably still on its way
+            if self._dispatch(key):
+                sent.append(key)
+        if sent:
+            logger.warning("re-dispatched %d record(s) whose task was lost or died", len(sent))
+        return sent
 
     def rerun(self, key: str) -> str:
         """Run a failed or dead record's handlers again, now; a record that fails again is dead.
@@ -668,6 +832,13 @@ def _failure_answer(result: Result, plan: Settlement, delivery: Delivery) -> Res
         "auto-disable: a runner retries it from the ledger",
         delivery.event,
         delivery.id,
+        extra={
+            "delivery_id": delivery.id,
+            "event": delivery.event,
+            "key_prefix": delivery.key[:12],
+            "attempt": delivery.attempt,
+            "outcome": "failed_accepted",
+        },
     )
     return FAILED_ACCEPTED
 
@@ -678,6 +849,40 @@ def _guard_rejected(exc: WebhookError) -> Response:
         exc.code,
     )
     return REJECTED_ACCEPTED
+
+
+def _word(response: Response) -> str:
+    """The answer's one word: its ``status`` (2xx) or ``error`` (the rest)."""
+    try:
+        body = response.json
+        return str(body.get("status") or body.get("error") or response.status)
+    except (ValueError, AttributeError):
+        return str(response.status)
+
+
+def _fill(receipt: Receipt | None, response: Response) -> None:
+    if receipt is not None:
+        receipt.outcome, receipt.status = _word(response), response.status
+
+
+def _fields(verified: Verified, outcome: str) -> dict[str, object]:
+    """The structured ``extra=`` fields of a log line about a verified delivery."""
+    return {
+        "delivery_id": verified.delivery_id,
+        "event": verified.event.event,
+        "key_prefix": verified.entry.key[:12],
+        "outcome": outcome,
+    }
+
+
+def _log_lost_pointer(key: str, exc: BaseException) -> None:
+    logger.warning(
+        "could not dispatch %s (%s: %s); the sweep dispatches it again later",
+        key[:12],
+        type(exc).__name__,
+        exc,
+        extra={"key_prefix": key[:12], "outcome": "dispatch_failed"},
+    )
 
 
 def _error_text(result: Result) -> str:
@@ -719,6 +924,13 @@ def _log_detached(delivery: Delivery | None) -> None:
         "they go on holding the lease",
         delivery.event,
         delivery.id,
+        extra={
+            "delivery_id": delivery.id,
+            "event": delivery.event,
+            "key_prefix": delivery.key[:12],
+            "attempt": delivery.attempt,
+            "outcome": "processing",
+        },
     )
 
 

@@ -382,7 +382,12 @@ class Keeper:
             with self._lock:
                 self._unrecorded += unrecorded
             return
-        if hooks.sweep and not hooks.deferred and now >= self._next_sweep:
+        # Deferred mode sweeps only with a dispatcher: it re-dispatches lost pointers.
+        if (
+            hooks.sweep
+            and (not hooks.deferred or hooks.dispatcher is not None)
+            and (now >= self._next_sweep)
+        ):
             self._next_sweep = now + hooks.sweep_interval
             if self._sweeping.acquire(blocking=False):
                 threading.Thread(target=self._sweep, name="gptimg-webhooks-sweep").start()
