@@ -437,7 +437,7 @@ class Webhooks:
             except StoreUnavailable as exc:
                 return self._store_down(verified, exc)
             if claim.queued and self.dispatcher is not None:
-                self._dispatch(verified.entry.key)
+                self.send_pointer(verified.entry.key)
             if claim.status is not ClaimStatus.CLAIMED:
                 return self._unclaimed(claim, verified)
             delivery = self._delivery(verified, claim.attempt)
@@ -572,7 +572,7 @@ class Webhooks:
             except StoreUnavailable as exc:
                 return await asyncio.to_thread(self._store_down, verified, exc)
             if claim.queued and self.dispatcher is not None:
-                await self._adispatch(verified.entry.key)
+                await self.asend_pointer(verified.entry.key)
             if claim.status is not ClaimStatus.CLAIMED:
                 answer = _claim_answer(claim, self.deferred)
                 if answer is not None:
@@ -677,7 +677,7 @@ class Webhooks:
 
     # Task queues: pointers --------------------------------------------------------------
 
-    def _dispatch(self, key: str, delay: float = 0.0) -> bool:
+    def send_pointer(self, key: str, delay: float = 0.0) -> bool:
         """Hand the dispatcher a pointer; a lost one is the sweep's (:meth:`redispatch`)."""
         assert self.dispatcher is not None
         try:
@@ -687,7 +687,7 @@ class Webhooks:
             _log_lost_pointer(key, exc)
             return False
 
-    async def _adispatch(self, key: str, delay: float = 0.0) -> bool:
+    async def asend_pointer(self, key: str, delay: float = 0.0) -> bool:
         assert self.dispatcher is not None
         try:
             await self.dispatcher.adispatch(key, delay=delay)
@@ -714,7 +714,7 @@ class Webhooks:
                 continue
             if record.state is State.PENDING and now - record.updated_at < grace:
                 continue  # its pointer is probably still on its way
-            if self._dispatch(key):
+            if self.send_pointer(key):
                 sent.append(key)
         if sent:
             logger.warning("re-dispatched %d record(s) whose task was lost or died", len(sent))

@@ -1,0 +1,79 @@
+"""Procrastinate: run deferred deliveries as PostgreSQL jobs.
+
+``pip install 'gptimg-webhooks[procrastinate]'``::
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=...))
+    dispatcher = ProcrastinateDispatcher(app, "myapp.hooks:hooks")
+    dispatcher.periodic_sweep()          # optional: the sweep as a periodic task
+    hooks = Webhooks(mode="deferred", dispatcher=dispatcher)
+
+    # procrastinate --app=myapp.hooks.app schema --apply      once
+    # procrastinate --app=myapp.hooks.app worker              runs the pointers
+
+The receiver's process must open the app (``app.open()``, or ``app.open_async()`` in an
+ASGI lifespan) before the first delivery. The job carries the ledger key only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .._core.receiver import Webhooks
+from . import PointerDispatcher, arun_pointer, load_hooks, sweep
+
+__all__ = ["QUEUE", "RUN_TASK", "SWEEP_TASK", "ProcrastinateDispatcher"]
+
+RUN_TASK = "gptimg_webhooks.run_pointer"
+SWEEP_TASK = "gptimg_webhooks.sweep"
+QUEUE = "gptimg_webhooks"
+
+
+class ProcrastinateDispatcher(PointerDispatcher):
+    """Register the pointer task on ``app`` and defer one job per pointer.
+
+    ``hooks``: the receiver, ``"module:attribute"`` or a factory (resolved on first use).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        hooks: Webhooks | str | Callable[[], Webhooks],
+        *,
+        queue: str = QUEUE,
+    ) -> None:
+        self.app = app
+        self._target = hooks
+        self._hooks: Webhooks | None = None
+        self.queue = queue
+        self.task = app.task(name=RUN_TASK, queue=queue)(self._run)
+
+    @property
+    def hooks(self) -> Webhooks:
+        if self._hooks is None:
+            self._hooks = load_hooks(self._target)
+        return self._hooks
+
+    async def _run(self, key: str) -> None:
+        await arun_pointer(self.hooks, key)
+
+    def periodic_sweep(self, cron: str = "* * * * *") -> Any:
+        """Register the sweep as a periodic task (the worker runs it on ``cron``)."""
+
+        def run(timestamp: int) -> int:
+            return len(sweep(self.hooks))
+
+        registered = self.app.task(name=SWEEP_TASK, queue=self.queue)(run)
+        return self.app.periodic(cron=cron)(registered)
+
+    def _configured(self, delay: float) -> Any:
+        if delay > 0:
+            return self.task.configure(schedule_in={"seconds": delay})
+        return self.task
+
+    def dispatch(self, key: str, *, delay: float = 0.0) -> None:
+        """Defer the pointer job (the app must be open in this process)."""
+        self._configured(delay).defer(key=key)
+
+    async def adispatch(self, key: str, *, delay: float = 0.0) -> None:
+        await self._configured(delay).defer_async(key=key)
