@@ -53,20 +53,22 @@ class CeleryDispatcher(PointerDispatcher):
         self._hooks: Webhooks | None = None
         self.queue = queue
         self._on_commit = on_commit
-        self.task = app.task(name=RUN_TASK, ignore_result=True, acks_late=False)(self._run)
-        self.sweep_task = app.task(name=SWEEP_TASK, ignore_result=True)(self._sweep)
+
+        # Plain functions: Celery reads a task's signature, and a bound method's misleads it.
+        def run_pointer_task(key: str) -> str:
+            return run_pointer(self.hooks, key)
+
+        def sweep_task(limit: int = 100) -> int:
+            return len(sweep(self.hooks, limit=limit))
+
+        self.task = app.task(name=RUN_TASK, ignore_result=True, acks_late=False)(run_pointer_task)
+        self.sweep_task = app.task(name=SWEEP_TASK, ignore_result=True)(sweep_task)
 
     @property
     def hooks(self) -> Webhooks:
         if self._hooks is None:
             self._hooks = load_hooks(self._target)
         return self._hooks
-
-    def _run(self, key: str) -> str:
-        return run_pointer(self.hooks, key)
-
-    def _sweep(self, limit: int = 100) -> int:
-        return len(sweep(self.hooks, limit=limit))
 
     def _django_ledger(self) -> bool:
         if self._on_commit is not None:

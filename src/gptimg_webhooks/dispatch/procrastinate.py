@@ -16,6 +16,7 @@ ASGI lifespan) before the first delivery. The job carries the ledger key only.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -46,16 +47,20 @@ class ProcrastinateDispatcher(PointerDispatcher):
         self._target = hooks
         self._hooks: Webhooks | None = None
         self.queue = queue
-        self.task = app.task(name=RUN_TASK, queue=queue)(self._run)
+        #: The loop the app was opened on (a worker's): sync dispatches go through it.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+        async def run_pointer_task(key: str) -> None:
+            self._loop = asyncio.get_running_loop()
+            await arun_pointer(self.hooks, key)
+
+        self.task = app.task(name=RUN_TASK, queue=queue)(run_pointer_task)
 
     @property
     def hooks(self) -> Webhooks:
         if self._hooks is None:
             self._hooks = load_hooks(self._target)
         return self._hooks
-
-    async def _run(self, key: str) -> None:
-        await arun_pointer(self.hooks, key)
 
     def periodic_sweep(self, cron: str = "* * * * *") -> Any:
         """Register the sweep as a periodic task (the worker runs it on ``cron``)."""
@@ -73,7 +78,18 @@ class ProcrastinateDispatcher(PointerDispatcher):
 
     def dispatch(self, key: str, *, delay: float = 0.0) -> None:
         """Defer the pointer job (the app must be open in this process)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # The app's async pool belongs to that loop (a worker's keeper thread is here).
+            future = asyncio.run_coroutine_threadsafe(self.adispatch(key, delay=delay), loop)
+            future.result(timeout=30)
+            return
         self._configured(delay).defer(key=key)
 
     async def adispatch(self, key: str, *, delay: float = 0.0) -> None:
-        await self._configured(delay).defer_async(key=key)
+        from procrastinate.exceptions import AppNotOpen
+
+        try:
+            await self._configured(delay).defer_async(key=key)
+        except AppNotOpen:  # opened for sync use (app.open()): defer in a thread
+            await asyncio.to_thread(self._configured(delay).defer, key=key)
