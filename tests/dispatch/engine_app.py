@@ -76,7 +76,7 @@ hooks = Webhooks(
     backoff=Backoff(max_attempts=3, initial=0.3, factor=1.0),
     include_shared=False,
 )
-hooks.redispatch_grace = 2.0
+hooks.redispatch_grace = 5.0
 
 
 @hooks.on("generation.succeeded")

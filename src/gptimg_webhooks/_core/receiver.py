@@ -236,6 +236,8 @@ class Webhooks:
         #: The task queue that runs deferred records; None: workers poll the ledger.
         self.dispatcher = dispatcher
         self.redispatch_grace = DEFAULT_REDISPATCH_GRACE
+        #: key -> when this process last re-dispatched it (monotonic): once per grace.
+        self._redispatched: dict[str, float] = {}
         self.observers = Observers(observers)
         self.sweep = sweep
         self.sweep_interval = float(_seconds(sweep_interval) or 0)
@@ -706,15 +708,22 @@ class Webhooks:
         if self.dispatcher is None:
             raise ConfigurationError("redispatch needs a dispatcher")
         grace = self.redispatch_grace if grace is None else grace
-        now = self.clock()
+        now, tick = self.clock(), time.monotonic()
+        # A backlog longer than the grace must not turn into a storm of copies.
+        recent = self._redispatched
+        for key in [k for k, at in recent.items() if tick - at >= grace]:
+            del recent[key]
         sent = []
         for key in self.store.due(limit):
+            if key in recent:
+                continue
             record = self.store.get(key)
             if record is None:
                 continue
             if record.state is State.PENDING and now - record.updated_at < grace:
                 continue  # its pointer is probably still on its way
             if self.send_pointer(key):
+                recent[key] = tick
                 sent.append(key)
         if sent:
             logger.warning("re-dispatched %d record(s) whose task was lost or died", len(sent))
