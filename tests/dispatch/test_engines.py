@@ -165,7 +165,7 @@ class Stack:
         if self.worker is not None and self.worker.poll() is None:
             self.worker.terminate()
             try:
-                self.worker.wait(timeout=15)
+                self.worker.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.worker.kill()
                 self.worker.wait()

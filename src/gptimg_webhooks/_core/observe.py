@@ -103,6 +103,10 @@ class Observers:
     def __bool__(self) -> bool:
         return bool(self.items)
 
+    def add(self, observer: Observer) -> None:
+        """Add an observer (at start-up, before requests arrive)."""
+        self.items = (*self.items, observer)
+
     def answered(self, answer: Answer) -> None:
         for observer in self.items:
             try:
