@@ -23,7 +23,15 @@ from ._core.errors import StoreUnavailable
 from ._core.ledger import Stats
 from ._core.receiver import PROVIDER_FAILURE_LIMIT, Webhooks
 
-__all__ = ["DEFAULT_MAX_PENDING_AGE", "acheck", "asgi_app", "check", "django_view", "flask_view"]
+__all__ = [
+    "DEFAULT_MAX_PENDING_AGE",
+    "HealthApp",
+    "acheck",
+    "asgi_app",
+    "check",
+    "django_view",
+    "flask_view",
+]
 
 #: Five minutes: far beyond a healthy queue's wait, well inside the retention.
 DEFAULT_MAX_PENDING_AGE = 300.0
@@ -84,13 +92,16 @@ async def acheck(
     return _judge(hooks, stats, max_pending_age, max_streak)
 
 
-def asgi_app(hooks: Webhooks, **options: Any) -> Callable[..., Any]:
-    """Return an ASGI app answering every HTTP request with the health check."""
+class HealthApp:
+    """An ASGI app answering every HTTP request with the health check."""
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __init__(self, hooks: Webhooks, **options: Any) -> None:
+        self.hooks, self.options = hooks, options
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        status, body = await acheck(hooks, **options)
+        status, body = await acheck(self.hooks, **self.options)
         payload = json.dumps(body).encode()
         await send(
             {
@@ -104,7 +115,10 @@ def asgi_app(hooks: Webhooks, **options: Any) -> Callable[..., Any]:
         )
         await send({"type": "http.response.body", "body": payload})
 
-    return app
+
+def asgi_app(hooks: Webhooks, **options: Any) -> HealthApp:
+    """Return an ASGI app for the health check (``Route("/healthz", asgi_app(hooks))``)."""
+    return HealthApp(hooks, **options)
 
 
 def flask_view(hooks: Webhooks, **options: Any) -> Callable[[], Any]:

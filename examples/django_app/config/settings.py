@@ -72,6 +72,18 @@ GPTIMG_WEBHOOKS = {
     "SECRET": os.environ.get("GPTIMG_WEBHOOK_SECRET"),
     "STORE": os.environ.get("GPTIMG_WEBHOOK_STORE") or "django://",
 }
+# Deferred on a task engine (GPTIMG_EXAMPLE_ENGINE; examples/README.md): MODE, DISPATCHER.
+if os.environ.get("GPTIMG_EXAMPLE_ENGINE"):
+    if os.environ["GPTIMG_EXAMPLE_ENGINE"] == "django-tasks":
+        INSTALLED_APPS += ["django_tasks", "django_tasks_db"]
+        TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    import sys
+
+    sys.path.append(str(BASE_DIR.parent.parent))  # the examples' shared examples/ops.py
+    from examples.ops import engine
+
+    _options, engine_app = engine("gptimg_webhooks.django.conf:receiver")
+    GPTIMG_WEBHOOKS |= {key.upper(): value for key, value in _options.items()}
 
 LOGGING = {
     "version": 1,

@@ -64,14 +64,18 @@ class PointerDispatcher:
 
 
 def load_hooks(target: Webhooks | str | Callable[[], Webhooks]) -> Webhooks:
-    """Resolve a receiver: itself, ``"package.module:attribute"``, or a factory."""
+    """Resolve a receiver: itself, ``"package.module:attribute"``, or a factory.
+
+    The attribute may be the receiver or a function returning it.
+    """
     if isinstance(target, Webhooks):
         return target
+    found: object = target
     if isinstance(target, str):
         module, _, attr = target.partition(":")
         found = getattr(importlib.import_module(module), attr or "hooks")
-    else:
-        found = target()
+    if callable(found) and not isinstance(found, Webhooks):
+        found = found()
     if not isinstance(found, Webhooks):
         raise TypeError(f"{target!r} is not a Webhooks receiver")
     return found
