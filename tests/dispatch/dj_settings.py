@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-SECRET_KEY = "engine-test"  # noqa: S105 - a test project
+SECRET_KEY = "engine-test"
 INSTALLED_APPS = ["django_tasks", "django_tasks_db"]
 DATABASES = {
     "default": {
