@@ -123,6 +123,7 @@ def test_a_failed_run_dispatches_its_retry_after_the_backoff_then_stays_dead_unt
     assert pointers.sent[-1] == (key, 7.0)
     assert run_pointer(hooks, key) == "not_due"  # the retry delay has not passed
     clock.now += 7.0
+    assert sweep(hooks, grace=30) == []  # its retry's pointer is on its way, not lost
     assert run_pointer(hooks, key) == "dead"
     assert len(pointers.sent) == 2  # no retry after the last attempt
     record = hooks.store.get(key)

@@ -32,7 +32,7 @@ from tests.support.services import ensure_postgres, ensure_redis, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
-ENGINES = ["celery", "django_tasks", "procrastinate"]
+ENGINES = ["celery", "django_tasks", pytest.param("procrastinate", marks=pytest.mark.postgres)]
 #: Deliveries per engine: what CI runs, and the slow variant's (GPTIMG_ENGINE_LOAD=2000).
 LOAD = int(os.environ.get("GPTIMG_ENGINE_LOAD", "300"))
 WAIT = 90.0

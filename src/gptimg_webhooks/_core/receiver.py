@@ -720,7 +720,9 @@ class Webhooks:
             record = self.store.get(key)
             if record is None:
                 continue
-            if record.state is State.PENDING and now - record.updated_at < grace:
+            # A retry's pointer was sent with its delay: count the grace from when it is due.
+            since = max(record.updated_at, record.available_at or 0.0)
+            if record.state is State.PENDING and now - since < grace:
                 continue  # its pointer is probably still on its way
             if self.send_pointer(key):
                 recent[key] = tick
