@@ -12,6 +12,7 @@ from pathlib import Path
 SECRET_KEY = "examples-only"
 INSTALLED_APPS = ["django_tasks", "django_tasks_db"]
 _DATA = Path(os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or Path(__file__).parent / "data")
+_DATA.mkdir(parents=True, exist_ok=True)
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
