@@ -171,3 +171,28 @@ def test_a_dispatcher_needs_deferred_mode() -> None:
 
 def test_the_protocol_is_what_the_receiver_calls() -> None:
     assert isinstance(Pointers(), Dispatcher)
+
+
+def test_celery_tasks_run_the_pointer_and_the_sweep_in_eager_mode() -> None:
+    celery = pytest.importorskip("celery")
+    from gptimg_webhooks.dispatch.celery import CeleryDispatcher
+
+    app = celery.Celery("gptimg_contract", broker="memory://")
+    app.conf.task_always_eager = True  # the task runs inside apply_async, in this process
+    clock = Clock()
+    dispatcher = CeleryDispatcher(app, lambda: hooks)
+    hooks = Webhooks(
+        SECRET,
+        store=MemoryStore(clock=clock),
+        mode="deferred",
+        dispatcher=dispatcher,
+        clock=clock,
+        include_shared=False,
+    )
+    seen: list[str] = []
+    hooks.on("generation.succeeded")(lambda event: seen.append(event.data.generation_id))
+    delivery = signed(events.succeeded(), SECRET)
+    assert post(hooks, delivery) == "queued"
+    assert seen == [delivery.sample.generation_id]  # type: ignore[union-attr]
+    assert post(hooks, delivery) == "duplicate"
+    assert dispatcher.sweep_task.apply().get() == 0
