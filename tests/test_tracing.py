@@ -104,3 +104,31 @@ def test_rejected_requests_make_no_span(
     delivery = signed(events.succeeded(), SECRET, wrong_secret=True)
     assert hooks.handle("POST", delivery.headers, delivery.body).status == 401
     assert exporter.get_finished_spans() == ()
+
+
+def test_the_built_in_worker_span_links_to_the_receive_span(
+    traced: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    from gptimg_webhooks.worker import Worker
+
+    provider, exporter = traced
+    hooks = Webhooks(
+        SECRET,
+        store="memory://",
+        mode="deferred",
+        observers=[TracingObserver(provider)],
+        include_shared=False,
+    )
+
+    @hooks.on("generation.succeeded")
+    async def fine(event: GenerationSucceeded) -> None:
+        pass
+
+    delivery = signed(events.succeeded(), SECRET)
+    assert asyncio.run(hooks.handle_async("POST", delivery.headers, delivery.body)).status == 202
+    assert asyncio.run(Worker(hooks).run(once=True)) == 1
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    receive, process = spans["receive gptimg_webhooks"], spans["process gptimg_webhooks"]
+    assert receive.parent is None  # no server span around it here
+    assert [link.context.span_id for link in process.links] == [receive.context.span_id]
+    assert process.attributes["gptimg_webhooks.runner"] == "deferred"
