@@ -16,6 +16,7 @@ the provider's limit of 8), or when the oldest pending record waited longer than
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +34,15 @@ __all__ = [
     "flask_view",
 ]
 
+logger = logging.getLogger("gptimg_webhooks")
+
 #: Five minutes: far beyond a healthy queue's wait, well inside the retention.
 DEFAULT_MAX_PENDING_AGE = 300.0
+
+
+def _log_unreadable(exc: Exception) -> None:
+    level = logging.WARNING if isinstance(exc, StoreUnavailable) else logging.ERROR
+    logger.log(level, "health check: cannot read the ledger (%s)", exc, exc_info=level > 30)
 
 
 def _judge(
@@ -73,7 +81,8 @@ def check(
     """Judge the receiver's health; return the HTTP status and a small JSON-able body."""
     try:
         stats: Stats | None = hooks.store.stats([hooks.guard_counter])
-    except StoreUnavailable:
+    except Exception as exc:  # a probe answers 503, never a traceback
+        _log_unreadable(exc)
         stats = None
     return _judge(hooks, stats, max_pending_age, max_streak)
 
@@ -87,7 +96,8 @@ async def acheck(
     """Async twin of :func:`check`."""
     try:
         stats: Stats | None = await hooks.store.astats([hooks.guard_counter])
-    except StoreUnavailable:
+    except Exception as exc:
+        _log_unreadable(exc)
         stats = None
     return _judge(hooks, stats, max_pending_age, max_streak)
 
