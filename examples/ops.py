@@ -48,12 +48,13 @@ def engine(target: str) -> tuple[dict[str, Any], Any]:
         app.open()  # the receiver defers from its threads; the worker reopens it async
         return {"mode": "deferred", "dispatcher": dispatcher}, app
     if ENGINE == "django-tasks":
-        import django
-
-        # Starlette and Flask get a minimal Django for the task framework.
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.tasks_settings")
-        django.setup()
         from gptimg_webhooks.dispatch.django_tasks import DjangoTasksDispatcher
+
+        tasks_settings = "examples.tasks_settings"
+        if os.environ.setdefault("DJANGO_SETTINGS_MODULE", tasks_settings) == tasks_settings:
+            import django
+
+            django.setup()  # Starlette and Flask: a minimal Django for the task framework
 
         return {"mode": "deferred", "dispatcher": DjangoTasksDispatcher(target)}, None
     raise RuntimeError(

@@ -13,8 +13,8 @@ backend). One adapter covers every backend (database, RQ, Celery)::
     # python manage.py db_worker          (the database backend's worker)
 
 The task's arguments are the receiver's import path and the ledger key: JSON, never the
-body. Import this module only once Django is configured (the tasks are declared here).
-For the sweep, enqueue :data:`sweep_task` periodically (cron), or let the receiver's
+body. The tasks are declared on first use, so settings.py may build the dispatcher. For
+the sweep, enqueue :data:`sweep_task` periodically (cron), or let the receiver's
 keeper run it.
 """
 
@@ -23,26 +23,46 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-try:  # Django 6
-    from django.tasks import task  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # the backport
-    from django_tasks import task  # type: ignore[no-redef,assignment,unused-ignore]
-
 from . import PointerDispatcher, load_hooks, run_pointer, sweep
 
-__all__ = ["DjangoTasksDispatcher", "run_pointer_task", "sweep_task"]
+# Also ``run_pointer_task`` and ``sweep_task``: the tasks, declared on first access.
+__all__ = ["DjangoTasksDispatcher"]
+
+_TASKS = ("run_pointer_task", "sweep_task")
 
 
-@task()
-def run_pointer_task(hooks: str, key: str) -> str:
-    """Run one pending record (the pointer task)."""
-    return run_pointer(load_hooks(hooks), key)
+def _declare() -> dict[str, Any]:
+    """Declare the tasks on first use: declaring one reads settings, so not at import."""
+    try:  # Django 6
+        from django.tasks import task  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # the backport
+        from django_tasks import task  # type: ignore[no-redef,unused-ignore]
+
+    def run_pointer_task(hooks: str, key: str) -> str:
+        """Run one pending record (the pointer task)."""
+        return run_pointer(load_hooks(hooks), key)
+
+    def sweep_task(hooks: str, limit: int = 100) -> int:
+        """Dispatch again the records whose pointer was lost."""
+        return len(sweep(load_hooks(hooks), limit=limit))
+
+    found = {}
+    for func in (run_pointer_task, sweep_task):
+        # Workers import a task by its module path: make it this module's attribute.
+        func.__qualname__ = func.__name__
+        found[func.__name__] = globals()[func.__name__] = task()(func)
+    return found
 
 
-@task()
-def sweep_task(hooks: str, limit: int = 100) -> int:
-    """Dispatch again the records whose pointer was lost."""
-    return len(sweep(load_hooks(hooks), limit=limit))
+def __getattr__(name: str) -> Any:
+    if name in _TASKS:  # only called while the tasks are not declared yet
+        return _declare()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _task(name: str) -> Any:
+    found = globals().get(name)
+    return found if found is not None else _declare()[name]
 
 
 class DjangoTasksDispatcher(PointerDispatcher):
@@ -74,5 +94,5 @@ class DjangoTasksDispatcher(PointerDispatcher):
         options = dict(self.options)
         if delay > 0:
             options["run_after"] = datetime.now(timezone.utc) + timedelta(seconds=delay)
-        found = run_pointer_task.using(**options) if options else run_pointer_task
-        found.enqueue(self.hooks_path, key)
+        declared = _task("run_pointer_task")
+        (declared.using(**options) if options else declared).enqueue(self.hooks_path, key)
