@@ -14,6 +14,7 @@ backends by URL scheme), and one adapter per framework (``asgi``, ``flask``, ``d
 
 from __future__ import annotations
 
+from ._core.accounts import Account, UnknownEndpoint
 from ._core.errors import (
     ConfigurationError,
     DeliveryInProgress,
@@ -44,12 +45,14 @@ from ._core.events import (
 from ._core.handlers import Delivery, Registry
 from ._core.protocol import Response, Verified, verify_request
 from ._core.receiver import Webhooks, shared_registry
+from ._core.reconcile import Reconciliation
 from ._core.signature import Match, sign, verify
 from .stores import open_store
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Account",
     "ConfigurationError",
     "Delivery",
     "DeliveryInProgress",
@@ -67,12 +70,14 @@ __all__ = [
     "MethodNotAllowed",
     "Output",
     "PayloadTooLarge",
+    "Reconciliation",
     "Registry",
     "RequestRejected",
     "Response",
     "StaleEvent",
     "StoreUnavailable",
     "TransactionAborted",
+    "UnknownEndpoint",
     "UnknownEvent",
     "UnsupportedEncoding",
     "Verified",

@@ -125,3 +125,35 @@ def test_env_holds_several_comma_separated_secrets(monkeypatch: pytest.MonkeyPat
     assert parse_secrets(None) == ["whsec_one", "whsec_two"]
     hooks = Webhooks(store="memory://")
     assert hooks.verifier.verify(b"x", sign(b"x", "whsec_two")) is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("mysecret", "does not start with 'whsec_'"),
+        ("gimg_live_0123456789", "does not start with 'whsec_'"),
+        ("whsec_", "only the 'whsec_' prefix"),
+        ("whsec_...", "placeholder"),
+        ('"whsec_abc123"', "quotes around it"),
+        ("'whsec_abc123'", "quotes around it"),
+        ("whsec_abc 123", "whitespace or control characters"),
+        ("whsec_abc\x00123", "whitespace or control characters"),
+    ],
+)
+def test_a_secret_that_could_never_verify_fails_at_startup(value: str, said: str) -> None:
+    for make in (lambda: Webhooks(value, store="memory://"), lambda: sign(b"{}", value)):
+        with pytest.raises(ConfigurationError, match=said) as caught:
+            make()
+        assert "abc123" not in str(caught.value) and "mysecret" not in str(caught.value)
+
+
+def test_a_quoted_secret_in_the_environment_names_its_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, 'whsec_new,"whsec_old"')
+    with pytest.raises(ConfigurationError, match=r"secret #1 has quotes around it"):
+        parse_secrets(None)
+
+
+def test_whitespace_around_a_secret_is_trimmed_not_refused() -> None:
+    assert parse_secrets(" whsec_one ,\twhsec_two\n") == ["whsec_one", "whsec_two"]

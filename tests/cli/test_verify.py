@@ -94,7 +94,9 @@ def test_quotes_around_the_configured_secret_are_named(
 
 
 def test_whitespace_in_the_signing_secret_is_named(cli: Run, tmp_path: Path) -> None:
-    code, causes, _ = verify(cli, tmp_path, BODY, sign(BODY, SECRET + "\n"))
+    # The sender keyed with a trailing newline (the library refuses such a secret itself).
+    signature = hmac.new((SECRET + "\n").encode(), BODY, hashlib.sha256).hexdigest()
+    code, causes, _ = verify(cli, tmp_path, BODY, signature)
     assert (code, causes) == (1, ["secret_whitespace_or_quotes"])
 
 
@@ -128,9 +130,59 @@ def test_compressed_body_is_found_by_its_magic_bytes_alone(cli: Run, tmp_path: P
     assert (code, causes) == (1, ["compressed_body"])
 
 
-def test_wrong_secret_is_named(cli: Run, tmp_path: Path) -> None:
-    code, causes, _ = verify(cli, tmp_path, BODY, sign(BODY, "whsec_someone_else"))
-    assert (code, causes) == (1, ["wrong_secret"])
+def test_wrong_secret_is_named_with_the_tampering_it_cannot_be_told_from(
+    cli: Run, tmp_path: Path
+) -> None:
+    code, causes, report = verify(cli, tmp_path, BODY, sign(BODY, "whsec_someone_else"))
+    assert (code, causes) == (1, ["wrong_secret_or_tampered_body"])
+    assert report["answer"]["status"] == 401
+
+
+def test_a_tampered_body_is_not_called_a_wrong_secret_alone(cli: Run, tmp_path: Path) -> None:
+    tampered = BODY.replace(b"gen_verify", b"gen_verifz")
+    code, causes, report = verify(cli, tmp_path, tampered, sign(BODY, SECRET))
+    assert (code, causes) == (1, ["wrong_secret_or_tampered_body"])
+    assert "changed after signing" in report["causes"][0]["message"]
+
+
+def test_an_empty_body_is_named(cli: Run, tmp_path: Path) -> None:
+    code, causes, _ = verify(cli, tmp_path, b"", sign(BODY, SECRET))
+    assert (code, causes) == (1, ["empty_body"])
+
+
+def test_a_truncated_body_is_named(cli: Run, tmp_path: Path) -> None:
+    code, causes, _ = verify(cli, tmp_path, BODY[:100], sign(BODY, SECRET))
+    assert (code, causes) == (1, ["body_not_json"])
+
+
+def test_a_valid_signature_the_receiver_would_still_refuse_exits_one(
+    cli: Run, tmp_path: Path
+) -> None:
+    (tmp_path / "body").write_bytes(BODY)
+    done = cli("verify", "body", "-H", f"X-Gptimg-Signature: {sign(BODY, SECRET)}")
+    assert done.returncode == 1
+    assert done.stdout.startswith("refused: the signature is valid (secret #0")
+    assert "the library would answer 400 invalid_headers" in done.stdout
+    as_json = cli("verify", "body", "-H", f"X-Gptimg-Signature: {sign(BODY, SECRET)}", "--json")
+    report = json.loads(as_json.stdout)
+    assert (report["valid"], report["accepted"]) == (True, False)
+    assert report["answer"]["status"] == 400 and report["answer"]["code"] == "invalid_headers"
+
+
+def test_a_valid_signature_with_an_invalid_event_says_400_invalid_payload(
+    cli: Run, tmp_path: Path
+) -> None:
+    body = b'{"event":"generation.succeeded","data":{}}'
+    code, causes, report = verify(cli, tmp_path, body, sign(body, SECRET))
+    assert (code, causes, report["valid"]) == (1, [], True)
+    assert (report["answer"]["status"], report["answer"]["code"]) == (400, "invalid_payload")
+
+
+def test_a_request_the_receiver_accepts_says_its_answer(cli: Run, tmp_path: Path) -> None:
+    (tmp_path / "body").write_bytes(BODY)
+    done = cli("verify", "body", *headers(sign(BODY, SECRET)))
+    assert done.returncode == 0
+    assert "the library would answer 200" in done.stdout
 
 
 def test_explanation_is_printed_for_people(cli: Run, tmp_path: Path) -> None:
@@ -152,3 +204,15 @@ def test_missing_signature_header_is_named(cli: Run, tmp_path: Path) -> None:
     done = cli("verify", "body", "-H", "X-Gptimg-Event: generation.succeeded", "--json")
     assert done.returncode == 1
     assert [c["code"] for c in json.loads(done.stdout)["causes"]] == ["missing_signature"]
+
+
+def test_a_configured_secret_the_receiver_refuses_fails_even_when_another_matches(
+    cli: Run, tmp_path: Path
+) -> None:
+    env = {"GPTIMG_WEBHOOK_SECRET": f"{SECRET},plain"}
+    code, causes, report = verify(cli, tmp_path, BODY, sign(BODY, SECRET), env=env)
+    assert (code, causes, report["valid"], report["answer"]) == (1, ["invalid_secret"], True, None)
+    assert "plain" not in report["causes"][0]["message"]
+    (tmp_path / "body").write_bytes(BODY)
+    done = cli("verify", "body", *headers(sign(BODY, SECRET)), env=env)
+    assert done.returncode == 1 and "would refuse to start" in done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from io import StringIO
 from typing import Any
 
@@ -82,3 +83,36 @@ def test_committed_migrations_match_the_models() -> None:
     # Exits non-zero when a model change has no migration.
     call_command("makemigrations", "gptimg_webhooks", check=True, dry_run=True, stdout=out)
     assert "No changes detected" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("secret", "said"),
+    [("plain", "does not start with 'whsec_'"), ('"whsec_abc"', "quotes around it")],
+)
+def test_a_secret_that_could_never_verify_fails_manage_py_check(
+    settings: Any, secret: str, said: str
+) -> None:
+    settings.GPTIMG_WEBHOOKS = {"SECRET": secret}
+    with pytest.raises(SystemCheckError, match=r"gptimg_webhooks\.E001") as caught:
+        call_command("check")
+    assert said in str(caught.value)
+
+
+def test_an_unreachable_store_fails_the_check_within_seconds(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.servers import free_port
+
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    began = time.monotonic()
+    (found,) = errors(settings, {"SECRET": "whsec_x", "STORE": closed}, monkeypatch)
+    assert time.monotonic() - began < 5
+    assert found.startswith('gptimg_webhooks.E002: GPTIMG_WEBHOOKS["STORE"]')
+    assert "cannot be reached" in found
+
+
+def test_a_reachable_sqlite_store_passes_the_check(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    store = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert errors(settings, {"SECRET": "whsec_x", "STORE": store}, monkeypatch) == []

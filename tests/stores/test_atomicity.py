@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gptimg_webhooks._core.ledger import Claim, ClaimStatus, Entry, State
+from gptimg_webhooks._core.ledger import Applied, Entry, Store, Transition
 from gptimg_webhooks.stores.memory import MemoryStore, _Row, new_token
 from gptimg_webhooks.stores.sqlite import SQLiteStore
 from tests.stores.conformance import MultiProcessConformance, StoreConformance
@@ -22,33 +23,43 @@ TWO_CLAIMS = r"CLAIMED.*CLAIMED"
 
 
 class CheckThenInsertMemory(MemoryStore):
-    def claim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
-        if self.get(entry.key) is not None:
-            return super().claim(entry, now=now, lease=lease, defer=defer)
+    # A thread per async call, as the base class does by default: the races are real.
+    aapply = Store.aapply
+
+    def apply(
+        self, transition: Transition, key: str, *, entry: Entry | None = None, **kw: Any
+    ) -> Applied:
+        if not transition.inserts or entry is None or self.get(key) is not None:
+            return super().apply(transition, key, entry=entry, **kw)
         time.sleep(ROUND_TRIP)
         with self._lock:
-            row = self._rows[entry.key] = _Row(entry, State.PENDING, now)
-            return row.take(now, lease)
+            now = self.clock()
+            row = self._rows[key] = _Row(entry, now)  # overwrites a racer's row
+            row.state, row.attempts, row.token = transition.target, 1, new_token()
+            row.lease_until = now + kw.get("lease", 0.0)
+            return Applied(True, row.state, row.attempts, row.token)
 
 
 class CheckThenInsertSQLite(SQLiteStore):
-    def claim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
+    def apply(
+        self, transition: Transition, key: str, *, entry: Entry | None = None, **kw: Any
+    ) -> Applied:
         with self._db() as conn:
             found = conn.execute(
-                "SELECT 1 FROM gptimg_webhook_deliveries WHERE key = ?", (entry.key,)
+                "SELECT 1 FROM gptimg_webhook_deliveries WHERE key = ?", (key,)
             ).fetchone()
-        if found is not None:
-            return super().claim(entry, now=now, lease=lease, defer=defer)
+        if not transition.inserts or entry is None or found is not None:
+            return super().apply(transition, key, entry=entry, **kw)
         time.sleep(ROUND_TRIP)
-        token = new_token()
+        token, now = new_token(), time.time()
         with self._db() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO gptimg_webhook_deliveries (key, state, delivery_id, "
                 "attempts, token, lease_until, body, created_at, updated_at) "
                 "VALUES (?, 'processing', ?, 1, ?, ?, ?, ?, ?)",
-                (entry.key, entry.delivery_id, token, now + lease, entry.body, now, now),
+                (key, entry.delivery_id, token, now + kw.get("lease", 0.0), entry.body, now, now),
             )
-        return Claim(ClaimStatus.CLAIMED, 1, token)
+        return Applied(True, transition.target, 1, token)
 
 
 def test_thread_race_test_catches_check_then_insert() -> None:
@@ -70,12 +81,5 @@ def test_process_race_test_catches_check_then_insert(tmp_path: Path) -> None:
 
 def test_async_race_test_catches_check_then_insert() -> None:
     naive = CheckThenInsertMemory()
-
-    async def aclaim(entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
-        import asyncio
-
-        return await asyncio.to_thread(naive.claim, entry, now=now, lease=lease, defer=defer)
-
-    naive.aclaim = aclaim  # type: ignore[method-assign]  # a thread per claim, as by default
     with pytest.raises(AssertionError, match=TWO_CLAIMS):
         StoreConformance().test_async_claims_race_to_exactly_one_claim(naive)

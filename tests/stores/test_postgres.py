@@ -1,22 +1,25 @@
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from gptimg_webhooks import ConfigurationError
-from gptimg_webhooks._core.ledger import ClaimStatus, Store
+from gptimg_webhooks import ConfigurationError, StoreUnavailable
+from gptimg_webhooks._core.errors import TransactionAborted
+from gptimg_webhooks._core.ledger import ClaimStatus, State, Store
 from gptimg_webhooks.stores import open_store
 from gptimg_webhooks.stores.postgres import PostgresStore
 from tests.stores.conformance import (
     LEASE,
-    T0,
     AsyncTransactionalConformance,
     MultiProcessConformance,
     Reopen,
+    ServerTimeConformance,
     StoreConformance,
     TransactionalConformance,
     entry,
@@ -46,10 +49,15 @@ class Effects:
         with psycopg.connect(self.url, autocommit=True) as conn:
             return [r[0] for r in conn.execute(f"SELECT value FROM {self.table} ORDER BY id")]
 
+    def break_transaction(self, tx: psycopg.Connection[Any]) -> None:
+        with contextlib.suppress(psycopg.errors.NotNullViolation):  # a handler swallows it
+            tx.execute(f"INSERT INTO {self.table} (value) VALUES (NULL)")
+
 
 class TestPostgresStore(
     StoreConformance,
     MultiProcessConformance,
+    ServerTimeConformance,
     TransactionalConformance,
     AsyncTransactionalConformance,
 ):
@@ -61,6 +69,142 @@ class TestPostgresStore(
     @pytest.fixture
     def effects(self, postgres_url: str, postgres_table: str) -> Effects:
         return Effects(postgres_url, f"{postgres_table}_effects")
+
+
+class GenericLeasing(PostgresStore):
+    """The store without its one-statement lease_due: the base class's due() + apply()."""
+
+    lease_due = Store.lease_due
+    alease_due = Store.alease_due
+
+
+class TestPostgresGenericLeasing(StoreConformance):
+    @pytest.fixture
+    def reopen(self, postgres_url: str, postgres_table: str) -> Reopen:
+        url = with_query(postgres_url, table=postgres_table)
+        return lambda: GenericLeasing.from_url(url)
+
+
+def _server_now(url: str) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT extract(epoch FROM statement_timestamp())::float8").fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+# Store-side time ----------------------------------------------------------------------
+
+
+def test_lease_deadlines_follow_the_servers_clock(postgres_url: str, postgres_table: str) -> None:
+    store = open_store(with_query(postgres_url, table=postgres_table))
+    assert store.server_time
+    try:
+        store.claim(entry(1), lease=LEASE)
+        server_now = _server_now(postgres_url)
+        rec = store.get(entry(1).key)
+        assert rec is not None
+        assert rec.updated_at == pytest.approx(server_now, abs=1)
+        assert rec.lease_until == pytest.approx(server_now + LEASE, abs=1)
+    finally:
+        store.close()
+
+
+def test_a_skewed_client_clock_neither_shortens_nor_steals_a_live_lease(
+    postgres_url: str, postgres_table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = with_query(postgres_url, table=postgres_table)
+    behind, ahead = open_store(url), open_store(url)
+    real_time = time.time
+    try:
+        # A process whose clock is 200 s behind takes a 60 s lease...
+        monkeypatch.setattr(time, "time", lambda: real_time() - 200)
+        claim = behind.claim(entry(1), lease=LEASE)
+        assert claim.status is ClaimStatus.CLAIMED
+        # ...and one whose clock is 200 s ahead still sees it live.
+        monkeypatch.setattr(time, "time", lambda: real_time() + 200)
+        assert ahead.claim(entry(1), lease=LEASE).status is ClaimStatus.IN_PROGRESS
+        assert ahead.due(10) == []
+        assert ahead.lease_due(lease=LEASE) == []
+        monkeypatch.setattr(time, "time", real_time)
+        assert behind.complete(entry(1).key, claim.token)
+    finally:
+        behind.close()
+        ahead.close()
+
+
+# Transactions -------------------------------------------------------------------------
+
+
+def test_a_handlers_caught_sql_error_is_transaction_aborted_not_store_unavailable(
+    postgres_url: str, postgres_table: str
+) -> None:
+    store = open_store(with_query(postgres_url, table=postgres_table))
+    effects = Effects(postgres_url, f"{postgres_table}_effects")
+    try:
+        claim = store.claim(entry(1), lease=LEASE)
+
+        def handlers_then_check() -> None:
+            with store.transaction() as tx:
+                effects.write(tx, "before the error")
+                effects.break_transaction(tx)
+                with pytest.raises(TransactionAborted):  # the done mark cannot join it either
+                    store.complete(entry(1).key, claim.token)
+                store.check_transaction(tx)  # what the receiver does before its done mark
+
+        with pytest.raises(TransactionAborted):
+            handlers_then_check()
+        assert effects.rows() == []
+        assert store.get(entry(1).key).state is State.PROCESSING  # type: ignore[union-attr]
+        assert store.complete(entry(1).key, claim.token)  # the pooled connection is clean
+    finally:
+        store.close()
+
+
+def test_a_healthy_transaction_passes_the_check(postgres_url: str, postgres_table: str) -> None:
+    store = open_store(with_query(postgres_url, table=postgres_table))
+    effects = Effects(postgres_url, f"{postgres_table}_effects")
+    try:
+        with store.transaction() as tx:
+            effects.write(tx, "fine")
+            store.check_transaction(tx)
+        assert effects.rows() == ["fine"]
+    finally:
+        store.close()
+
+
+def test_handler_sql_error_is_the_handlers_not_the_stores(
+    postgres_url: str, postgres_table: str
+) -> None:
+    store = open_store(with_query(postgres_url, table=postgres_table))
+    try:
+        with pytest.raises(psycopg.errors.UndefinedTable), store.transaction() as tx:
+            tx.execute("INSERT INTO no_such_table_here VALUES (1)")
+        # The pooled connection came back clean: the store still works.
+        assert store.claim(entry(1), lease=LEASE).status is ClaimStatus.CLAIMED
+    finally:
+        store.close()
+
+
+def test_a_failing_commit_is_store_unavailable(postgres_url: str, postgres_table: str) -> None:
+    store = open_store(with_query(postgres_url, table=postgres_table))
+
+    def handlers_pass_commit_fails() -> None:
+        with store.transaction() as tx:
+            # Deferred to COMMIT: the body itself raises nothing, the COMMIT does.
+            tx.execute(
+                "CREATE TEMP TABLE deferred_check (id int UNIQUE DEFERRABLE INITIALLY DEFERRED)"
+            )
+            tx.execute("INSERT INTO deferred_check VALUES (1), (1)")
+
+    try:
+        with pytest.raises(StoreUnavailable, match="transaction"):
+            handlers_pass_commit_fails()
+        assert store.get("anything") is None
+    finally:
+        store.close()
+
+
+# URL and schema -----------------------------------------------------------------------
 
 
 def test_postgres_url_options_are_the_stores_and_the_rest_libpqs(postgres_table: str) -> None:
@@ -77,7 +221,16 @@ def test_postgres_url_options_are_the_stores_and_the_rest_libpqs(postgres_table:
 
 @pytest.mark.parametrize(
     "query",
-    ["table=Robert');DROP", "table=a.b.c", "pool_max=0", "pool_timeout=x", "create_schema=maybe"],
+    [
+        "table=Robert');DROP",
+        "table=a.b.c",
+        "pool_max=0",
+        "pool_max=x",
+        "pool_timeout=x",
+        "pool_timeout=0",
+        "pool_timeout=inf",
+        "create_schema=maybe",
+    ],
 )
 def test_bad_postgres_options_fail_at_start_up(query: str) -> None:
     with pytest.raises(ConfigurationError):
@@ -111,12 +264,27 @@ def test_schema_is_left_alone_without_create_schema(postgres_url: str, postgres_
     store = open_store(with_query(postgres_url, table=postgres_table, create_schema="false"))
     assert isinstance(store, PostgresStore)
     try:
-        with pytest.raises(Exception, match="does not exist"):
+        with pytest.raises(StoreUnavailable, match="does not exist"):
             store.get("anything")
         store.create_schema()
         assert store.get("anything") is None
     finally:
         store.close()
+
+
+def test_create_false_runs_no_ddl(postgres_url: str, postgres_table: str) -> None:
+    store = open_store(with_query(postgres_url, table=postgres_table), create=False)
+    try:
+        for call in (
+            lambda: store.get("anything"),
+            lambda: store.claim(entry(1), lease=LEASE),
+            lambda: store.bump("g", 3),
+        ):
+            with pytest.raises(StoreUnavailable, match="does not exist"):
+                call()
+    finally:
+        store.close()
+    assert _tables(postgres_url, f"{postgres_table}%") == []
 
 
 def test_many_first_users_create_the_schema_once_without_errors(
@@ -129,7 +297,7 @@ def test_many_first_users_create_the_schema_once_without_errors(
         store = open_store(url)
         try:
             barrier.wait(timeout=30)
-            store.claim(entry(1), now=T0, lease=LEASE)
+            store.claim(entry(1), lease=LEASE)
         except Exception as exc:
             errors.append(exc)
         finally:
@@ -147,7 +315,8 @@ def test_schema_qualified_table(postgres_url: str, postgres_table: str) -> None:
     schema = f"{postgres_table}_s"
     store = open_store(with_query(postgres_url, table=f"{schema}.ledger"))
     try:
-        assert store.claim(entry(1), now=T0, lease=LEASE).status is ClaimStatus.CLAIMED
+        assert store.claim(entry(1), lease=LEASE).status is ClaimStatus.CLAIMED
+        assert store.bump("g", 1)
         assert _tables(postgres_url, "ledger%") == ["ledger", "ledger_counters"]
     finally:
         store.close()
@@ -155,17 +324,33 @@ def test_schema_qualified_table(postgres_url: str, postgres_table: str) -> None:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def test_handler_sql_error_is_the_handlers_not_the_stores(
-    postgres_url: str, postgres_table: str
-) -> None:
+def test_prune_goes_on_past_one_batch(postgres_url: str, postgres_table: str) -> None:
     store = open_store(with_query(postgres_url, table=postgres_table))
     try:
-        with pytest.raises(psycopg.errors.UndefinedTable), store.transaction() as tx:
-            tx.execute("INSERT INTO no_such_table_here VALUES (1)")
-        # The pooled connection came back clean: the store still works.
-        assert store.claim(entry(1), now=T0, lease=LEASE).status is ClaimStatus.CLAIMED
+        store.get("create the schema")
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(
+                f"INSERT INTO {postgres_table} (key, state, delivery_id, created_at, updated_at) "
+                "SELECT 'old-' || n, 'done', 'd', 1, 1 FROM generate_series(1, 10003) AS n"
+            )
+        assert store.prune(60) == 10003  # two full batches of 5000 and the rest
+        assert store.records() == []
     finally:
         store.close()
+
+
+def test_long_counter_names_are_kept_apart(postgres_url: str, postgres_table: str) -> None:
+    store = open_store(with_query(postgres_url, table=postgres_table))
+    long_a, long_b = "a" * 199 + "1", "a" * 199 + "2"
+    try:
+        assert not store.bump(long_a, 2)
+        assert not store.bump(long_b, 2)
+        assert store.bump(long_a, 2)
+    finally:
+        store.close()
+
+
+# Outages ------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -192,82 +377,6 @@ def test_unreachable_postgres_raises_store_unavailable_fast_async(dead_postgres:
     assert max(seconds for _, seconds in outcomes.values()) < 2.0
 
 
-# Through the receiver: a handler's writes commit with the done mark -------------------
-
-
-@pytest.fixture
-def receiver_store(postgres_url: str, postgres_table: str) -> Iterator[Store]:
-    store = open_store(with_query(postgres_url, table=postgres_table))
-    yield store
-    store.close()
-
-
-def test_receiver_commits_a_handlers_write_once_and_rolls_back_a_failed_run(
-    receiver_store: Store, postgres_url: str, postgres_table: str
-) -> None:
-    from gptimg_webhooks import Delivery, GenerationSucceeded, Webhooks, sign
-    from tests.support.contract import payload
-
-    effects = Effects(postgres_url, f"{postgres_table}_effects")
-    hooks = Webhooks("whsec_test", store=receiver_store, include_shared=False)
-    runs: list[int] = []
-
-    @hooks.on("generation.succeeded")
-    def record(event: GenerationSucceeded, delivery: Delivery) -> None:
-        runs.append(delivery.attempt)
-        effects.write(delivery.transaction, event.data.generation_id)
-        if delivery.attempt == 1:
-            raise RuntimeError("first attempt fails after writing")
-
-    body = payload("gen_tx_sync")
-    headers = {
-        "X-Gptimg-Signature": sign(body, "whsec_test"),
-        "X-Gptimg-Delivery": "6f1c2d3e-4b5a-4c6d-8e7f-000000000001",
-        "X-Gptimg-Event": "generation.succeeded",
-    }
-    assert hooks.handle("POST", headers, body).status == 500
-    assert effects.rows() == []  # rolled back with the failed run
-    assert hooks.handle("POST", headers, body).status == 200
-    assert hooks.handle("POST", headers, body).json["status"] == "duplicate"
-    assert (runs, effects.rows()) == ([1, 2], ["gen_tx_sync"])
-
-
-def test_async_receiver_commits_a_handlers_write_once_and_rolls_back_a_failed_run(
-    receiver_store: Store, postgres_url: str, postgres_table: str
-) -> None:
-    import asyncio
-
-    from gptimg_webhooks import Delivery, GenerationSucceeded, Webhooks, sign
-    from tests.support.contract import payload
-
-    effects = Effects(postgres_url, f"{postgres_table}_effects")
-    hooks = Webhooks("whsec_test", store=receiver_store, include_shared=False)
-    runs: list[int] = []
-
-    @hooks.on("generation.succeeded")
-    async def record(event: GenerationSucceeded, delivery: Delivery) -> None:
-        runs.append(delivery.attempt)
-        await effects.awrite(delivery.transaction, event.data.generation_id)
-        if delivery.attempt == 1:
-            raise RuntimeError("first attempt fails after writing")
-
-    body = payload("gen_tx_async")
-    headers = {
-        "X-Gptimg-Signature": sign(body, "whsec_test"),
-        "X-Gptimg-Delivery": "6f1c2d3e-4b5a-4c6d-8e7f-000000000002",
-        "X-Gptimg-Event": "generation.succeeded",
-    }
-
-    async def deliver_three_times() -> list[int]:
-        try:
-            return [(await hooks.handle_async("POST", headers, body)).status for _ in range(3)]
-        finally:
-            await receiver_store.aclose()
-
-    assert asyncio.run(deliver_three_times()) == [500, 200, 200]
-    assert (runs, effects.rows()) == ([1, 2], ["gen_tx_async"])
-
-
 def test_postgres_store_fails_fast_in_an_outage_and_recovers_by_itself(
     postgres_url: str, postgres_table: str
 ) -> None:
@@ -279,36 +388,3 @@ def test_postgres_store_fails_fast_in_an_outage_and_recovers_by_itself(
     )
     assert down < 2.0
     assert recovered < 5.0
-
-
-def test_async_receiver_gives_a_sync_handler_a_sync_connection_that_commits(
-    receiver_store: Store, postgres_url: str, postgres_table: str
-) -> None:
-    import asyncio
-
-    from gptimg_webhooks import Delivery, GenerationSucceeded, Webhooks, sign
-    from tests.support.contract import payload
-
-    effects = Effects(postgres_url, f"{postgres_table}_effects")
-    hooks = Webhooks("whsec_test", store=receiver_store, include_shared=False)
-
-    @hooks.on("generation.succeeded")
-    def record(event: GenerationSucceeded, delivery: Delivery) -> None:
-        assert isinstance(delivery.transaction, psycopg.Connection)
-        effects.write(delivery.transaction, event.data.generation_id)
-
-    body = payload("gen_tx_sync_under_asgi")
-    headers = {
-        "X-Gptimg-Signature": sign(body, "whsec_test"),
-        "X-Gptimg-Delivery": "6f1c2d3e-4b5a-4c6d-8e7f-000000000003",
-        "X-Gptimg-Event": "generation.succeeded",
-    }
-
-    async def deliver_twice() -> list[int]:
-        try:
-            return [(await hooks.handle_async("POST", headers, body)).status for _ in range(2)]
-        finally:
-            await receiver_store.aclose()
-
-    assert asyncio.run(deliver_twice()) == [200, 200]
-    assert effects.rows() == ["gen_tx_sync_under_asgi"]

@@ -15,6 +15,7 @@ from tests.stores.conformance import (
     SHORT,
     MultiProcessConformance,
     Reopen,
+    ServerTimeConformance,
     StoreConformance,
     entry,
     expire,
@@ -26,7 +27,7 @@ from tests.support.servers import free_port
 pytestmark = pytest.mark.redis
 
 
-class TestRedisStore(StoreConformance, MultiProcessConformance):
+class TestRedisStore(StoreConformance, MultiProcessConformance, ServerTimeConformance):
     @pytest.fixture
     def reopen(self, redis_url: str, redis_prefix: str) -> Reopen:
         url = with_query(redis_url, prefix=redis_prefix)

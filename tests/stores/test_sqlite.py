@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from gptimg_webhooks import ConfigurationError, StoreUnavailable
+from gptimg_webhooks._core.ledger import ClaimStatus, State
 from gptimg_webhooks.stores import open_store
 from gptimg_webhooks.stores.sqlite import SQLiteStore, enable_wal
 from tests.stores.conformance import (
     LEASE,
-    T0,
     MultiProcessConformance,
     Reopen,
     StoreConformance,
@@ -33,11 +34,106 @@ def test_sqlite_url_takes_an_absolute_path_and_busy_timeout(tmp_path: Path) -> N
     assert (store.path, store.busy_timeout) == (f"{tmp_path}/x.db", 0.5)
 
 
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "inf", "nan"])
+def test_bad_busy_timeout_is_a_configuration_error(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigurationError, match="busy_timeout"):
+        open_store(f"sqlite:///{tmp_path}/x.db?busy_timeout={value}")
+
+
+def test_create_false_never_creates_the_file_or_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "ledger.sqlite3"
+    store = open_store(f"sqlite:///{path}", create=False)
+    try:
+        for call in (lambda: store.get("k"), lambda: store.records(), lambda: store.due(5)):
+            with pytest.raises(StoreUnavailable, match="no ledger at"):
+                call()
+        with pytest.raises(StoreUnavailable, match="no ledger at"):
+            store.claim(entry(1), lease=LEASE)
+    finally:
+        store.close()
+    assert not path.parent.exists()
+
+
+def test_create_false_uses_an_existing_ledger(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    writer = open_store(url)
+    claim = writer.claim(entry(1), lease=LEASE)
+    writer.close()
+    reader = open_store(url, create=False)
+    try:
+        assert reader.get(entry(1).key).state is State.PROCESSING  # type: ignore[union-attr]
+        assert reader.complete(entry(1).key, claim.token)
+    finally:
+        reader.close()
+
+
+def test_create_false_creates_no_tables_in_a_foreign_file(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite3"
+    sqlite3.connect(path).close()  # an empty database that is not a ledger
+    store = open_store(f"sqlite:///{path}", create=False)
+    try:
+        with pytest.raises(StoreUnavailable, match="no such table"):
+            store.get("k")
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
+
+
+def test_a_ledger_from_the_previous_release_keeps_working(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:  # the layout earlier releases created
+        conn.executescript(
+            """
+            CREATE TABLE gptimg_webhook_deliveries (
+                key TEXT PRIMARY KEY, state TEXT NOT NULL, delivery_id TEXT NOT NULL,
+                event TEXT, generation_id TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+                token TEXT, lease_until REAL, available_at REAL, body BLOB, error TEXT,
+                created_at REAL NOT NULL, updated_at REAL NOT NULL);
+            CREATE TABLE gptimg_webhook_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            INSERT INTO gptimg_webhook_deliveries (key, state, delivery_id, attempts, body,
+                error, created_at, updated_at) VALUES ('old', 'failed', 'd', 1, x'00ff', 'e', 1, 1);
+            """
+        )
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        claim = store.claim(entry("old"), lease=LEASE)
+        assert (claim.status, claim.attempt) == (ClaimStatus.CLAIMED, 2)
+        assert store.complete("old", claim.token)
+    finally:
+        store.close()
+
+
+def test_prune_deletes_in_batches_of_short_writes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    store = open_store(url)
+    assert isinstance(store, SQLiteStore)
+    batch = 1000  # the SQLite dialect's batch size
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    store.get("create the schema")
+    with conn:
+        conn.executemany(
+            "INSERT INTO gptimg_webhook_deliveries (key, state, delivery_id, created_at, "
+            "updated_at) VALUES (?, 'done', 'd', 1, 1)",
+            [(f"old-{n}",) for n in range(2 * batch + 5)],
+        )
+    conn.close()
+    statements: list[str] = []
+    store._conn().set_trace_callback(statements.append)
+    try:
+        assert store.prune(60) == 2 * batch + 5
+    finally:
+        store.close()
+    deletes = [s for s in statements if s.startswith("DELETE")]
+    assert len(deletes) == 3  # two full batches and the rest, each its own statement
+
+
 def _first_use(path: str, barrier: Any, queue: Any) -> None:
     store = SQLiteStore(path)
     try:
         barrier.wait(timeout=30)
-        store.claim(entry(1), now=T0, lease=LEASE)
+        store.claim(entry(1), lease=LEASE)
         queue.put("ok")
     except BaseException as exc:
         queue.put(repr(exc))

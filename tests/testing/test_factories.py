@@ -49,3 +49,10 @@ def test_overrides_reach_the_wire_including_extra_fields_and_timestamps() -> Non
     assert "completedAt" not in data
     assert data["type"] == "upscale" and data["seed"] == 7
     assert sample.event.data.created_at == when
+
+
+def test_same_generation_id_still_makes_distinct_deliveries() -> None:
+    bodies = {events.succeeded(generation_id="gen_cat", n=2).body for _ in range(500)}
+    assert len(bodies) == 500
+    stamps = [json.loads(b)["data"]["createdAt"] for b in bodies]
+    assert all(len(s) == len("2026-04-26T01:23:45.000Z") and s.endswith("Z") for s in stamps)

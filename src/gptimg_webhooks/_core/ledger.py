@@ -42,12 +42,15 @@ __all__ = [
     "ENQUEUE",
     "FAIL",
     "FINISHED",
+    "GATE",
     "LEASE",
+    "NUDGE",
     "RENEW",
     "REPLAY",
     "RERUN",
     "RETRY",
     "TRANSITIONS",
+    "WATCH",
     "Applied",
     "Claim",
     "ClaimStatus",
@@ -85,6 +88,7 @@ class Source(str, enum.Enum):
     DUE = "due"  # pending, and its available_at (if any) has come
     EXPIRED = "expired"  # processing, its lease run out by the store's clock
     HELD = "held"  # processing under the caller's fencing token
+    PENDING = "pending"  # pending, due or not
     FAILED = "failed"
     DEAD = "dead"
 
@@ -140,6 +144,13 @@ RETRY = _t("retry", {S.HELD}, State.PENDING, error=True, delay=True)
 BURY = _t("bury", {S.HELD}, State.DEAD, error=True)
 #: Put a failed or dead record back in the queue.
 REPLAY = _t("replay", {S.FAILED, S.DEAD}, State.PENDING)
+#: Remember a submitted generation: a runner polls the provider for it after a delay.
+WATCH = _t("watch", {S.ABSENT}, State.PENDING, delay=True)
+#: A terminal delivery takes its generation's gate, watched or not, so a poll of the same
+#: generation cannot run the handlers too (and the other way round).
+GATE = _t("gate", {S.ABSENT, S.PENDING, S.FAILED, S.EXPIRED}, State.PROCESSING, lease=True)
+#: Make a pending record due now (reconcile by hand).
+NUDGE = _t("nudge", {S.PENDING}, State.PENDING)
 del S
 
 TRANSITIONS: dict[str, Transition] = {
@@ -425,6 +436,13 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def close_thread(self) -> None:  # noqa: B027 - optional hook
+        """Release what this thread holds, after a run in a pooled or background thread.
+
+        Stores whose connections belong to a thread (Django) close this thread's one the
+        way a request's end would, so pooled threads never keep connections open.
+        """
 
     async def aapply(
         self,

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from . import strictjson
+from .accounts import Account, AccountResolver, Accounts, Endpoint, UnknownEndpoint
 from .errors import (
     ConfigurationError,
     DeliveryInProgress,
@@ -31,9 +33,9 @@ from .errors import (
     StoreUnavailable,
     WebhookError,
 )
-from .events import Event, parse_event
+from .events import Event, GenerationFailed, GenerationSucceeded, parse_event
 from .handlers import Delivery, HandlerSpec, Registry
-from .ledger import Claim, ClaimStatus, Record, State, Store, open_url
+from .ledger import GATE, NUDGE, WATCH, Claim, ClaimStatus, Entry, Record, State, Store, open_url
 from .observe import Answer, Observer, Observers, Receipt, Run
 from .protocol import (
     DEAD,
@@ -54,6 +56,7 @@ from .protocol import (
     error_response,
     verify_request,
 )
+from .reconcile import Reconciliation, generation_key, is_generation_key, terminal_event
 from .runner import (
     Backoff,
     Keeper,
@@ -99,6 +102,8 @@ MIN_EVENT_AGE = 15 * 60.0
 #: Handlers registered with the module-level :func:`on`; every receiver runs them
 #: after its own, unless built with ``include_shared=False``.
 shared_registry = Registry()
+
+_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 #: A record's secret was verified when it was received; which one is not kept.
 RECORDED = Match(index=-1, id="recorded")
@@ -182,16 +187,24 @@ class Webhooks:
         on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed",
         include_shared: bool = True,
         registry: Registry | None = None,
+        accounts: Sequence[Account] | AccountResolver | None = None,
+        account_cache: float = 60.0,
+        reconcile: Reconciliation | None = None,
         clock: Callable[[], float] = time.time,
         dispatcher: Dispatch | None = None,
         observers: Sequence[Observer] = (),
     ) -> None:
-        self.verifier = Verifier(parse_secrets(secret))
+        if not path.startswith("/"):
+            raise ConfigurationError(f"path must start with '/': {path!r}")
+        #: Several accounts, each at ``<path>/<name>``: see :class:`Account`.
+        self.accounts = Accounts(path, accounts, account_cache) if accounts is not None else None
+        self._default: Endpoint | None = None
+        if self.accounts is None or secret is not None:
+            self.verifier = Verifier(parse_secrets(secret))
+            self._default = Endpoint(self.verifier, "", f"guard:{path}")
         if store is None or isinstance(store, str):
             store = open_url(store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
         self.store: Store = store
-        if not path.startswith("/"):
-            raise ConfigurationError(f"path must start with '/': {path!r}")
         self.path = path
         if max_body_size <= 0:
             raise ConfigurationError("max_body_size must be positive")
@@ -259,12 +272,17 @@ class Webhooks:
         self.clock = clock
         self.on = self.registry.on
         self.on_error = self.registry.on_error
+        #: Poll the provider for generations no terminal webhook brought (``watch()``).
+        self.reconcile = reconcile
         self.keeper = Keeper(self)
+        self._limits_cache: dict[Endpoint, Limits] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._background: set[asyncio.Future[Response]] = set()
 
     def __repr__(self) -> str:
-        ids = ", ".join(s.id for s in self.verifier.secrets)
+        if self._default is None:
+            return f"Webhooks(path={self.path!r}, store={type(self.store).__name__}, accounts)"
+        ids = ", ".join(s.id for s in self._default.verifier.secrets)
         return f"Webhooks(path={self.path!r}, store={type(self.store).__name__}, secrets=[{ids}])"
 
     @property
@@ -277,32 +295,64 @@ class Webhooks:
         """The count at which the guard answers 2xx instead (``failure_threshold`` + 1)."""
         return self.failure_threshold + 1
 
-    def guard_trips(self) -> bool:
+    def counter_for(self, key: str) -> str:
+        """Name the guard counter of the endpoint a record ``key`` came through."""
+        account = _account_of(key)
+        return self.guard_counter if account is None else f"guard:account:{account}"
+
+    def guard_trips(self, counter: str) -> bool:
         """Count one more non-2xx answer to a verified delivery; True: answer 2xx instead.
 
         The count lives in the ledger, shared by every process, and includes the 503s
         this process gave while the ledger was down. A done mark resets it.
         """
-        by = 1 + self.keeper.take_unrecorded()
+        by = 1 + self.keeper.take_unrecorded(counter)
         try:
-            return self.store.bump(self.guard_counter, self.guard_limit, by)
+            return self.store.bump(counter, self.guard_limit, by)
         except StoreUnavailable:
-            self.keeper.unrecorded_failure(by)
+            self.keeper.unrecorded_failure(counter, by)
             return False
 
-    async def aguard_trips(self) -> bool:
+    async def aguard_trips(self, counter: str) -> bool:
         """Async twin of :meth:`guard_trips`."""
-        by = 1 + self.keeper.take_unrecorded()
+        by = 1 + self.keeper.take_unrecorded(counter)
         try:
-            return await self.store.abump(self.guard_counter, self.guard_limit, by)
+            return await self.store.abump(counter, self.guard_limit, by)
         except StoreUnavailable:
-            self.keeper.unrecorded_failure(by)
+            self.keeper.unrecorded_failure(counter, by)
             return False
 
     @property
     def limits(self) -> Limits:
-        """Return what :func:`verify_request` checks requests against."""
-        return Limits(self.verifier, self.max_body_size, self.max_event_age, self.clock_skew)
+        """Return what :func:`verify_request` checks requests against (no accounts)."""
+        if self._default is None:
+            raise ConfigurationError("this receiver serves accounts: see endpoint_for()")
+        return self._limits(self._default)
+
+    def _limits(self, endpoint: Endpoint) -> Limits:
+        found = self._limits_cache.get(endpoint)
+        if found is None:
+            found = Limits(
+                endpoint.verifier, self.max_body_size, self.max_event_age, self.clock_skew
+            )
+            if len(self._limits_cache) > 4096:  # a resolver's accounts come and go
+                self._limits_cache.clear()
+            self._limits_cache[endpoint] = found
+        return found
+
+    def serves(self, path: str) -> bool:
+        """Tell whether a request ``path`` is this receiver's (the adapters route with it)."""
+        if path == self.path and self._default is not None:
+            return True
+        return self.accounts is not None and self.accounts.serves(path)
+
+    def endpoint_for(self, path: str | None) -> Endpoint:
+        """Resolve which account (secrets, guard, ledger space) a request path is for."""
+        if self.accounts is not None and path is not None and path != self.path:
+            return self.accounts.endpoint(path)
+        if self._default is None:
+            raise UnknownEndpoint("no webhook endpoint here")
+        return self._default
 
     # Handlers -----------------------------------------------------------------------
 
@@ -344,23 +394,32 @@ class Webhooks:
 
     # The request path, blocking ------------------------------------------------------
 
-    def handle(self, method: str, headers: Headers, body: bytes) -> Response:
-        """Answer one request, blocking (for WSGI and plain code)."""
-        return self._answered(self._handle(method, headers, body))
+    def handle(
+        self, method: str, headers: Headers, body: bytes, *, path: str | None = None
+    ) -> Response:
+        """Answer one request, blocking (for WSGI and plain code).
 
-    def _handle(self, method: str, headers: Headers, body: bytes) -> Response:
+        ``path`` picks the account when the receiver serves several (``accounts=``).
+        """
+        return self._answered(self._handle(method, headers, body, path))
+
+    def _handle(self, method: str, headers: Headers, body: bytes, path: str | None) -> Response:
         started = time.monotonic()
         self.keeper.start()
+        endpoint = None
         try:
-            verified = verify_request(self.limits, method, headers, body, self.clock())
+            endpoint = self.endpoint_for(path)
+            verified = verify_request(self._limits(endpoint), method, headers, body, self.clock())
         except WebhookError as exc:
-            return self._told(started, self._rejected(exc, headers), None, exc, headers)
+            return self._told(started, self._rejected(exc, headers, endpoint), None, exc, headers)
+        if endpoint.namespace:
+            verified = _namespaced(verified, endpoint)
         with self._receiving(verified) as (verified, receipt):
             if self.reply_deadline is None:
                 response = self.handle_verified(verified)
             else:
                 handoff = _Handoff()
-                future = self._executor().submit(self.handle_verified, verified, handoff)
+                future = self._executor().submit(self._pooled, verified, handoff)
                 response = _within(future.result, handoff, started, self.reply_deadline)
             _fill(receipt, response)
         return self._told(started, response, verified)
@@ -422,6 +481,12 @@ class Webhooks:
             self.observers.answered(answer)
         return response
 
+    def _pooled(self, verified: Verified, handoff: _Handoff | None) -> Response:
+        try:
+            return self.handle_verified(verified, handoff)
+        finally:
+            self.store.close_thread()
+
     def _answered(self, response: Response) -> Response:
         if response.status < 300:
             # A 2xx resets the provider's count: 503s it followed no longer matter.
@@ -436,8 +501,8 @@ class Webhooks:
                     claim = self.store.enqueue(verified.entry)
                 else:
                     claim = self.store.claim(verified.entry, lease=self.lease)
-            except StoreUnavailable as exc:
-                return self._store_down(verified, exc)
+            except Exception as exc:  # a store's bug fails closed like an outage
+                return self._store_down(verified, _as_outage(exc))
             if claim.queued and self.dispatcher is not None:
                 self.send_pointer(verified.entry.key)
             if claim.status is not ClaimStatus.CLAIMED:
@@ -449,19 +514,22 @@ class Webhooks:
         except Exception as exc:  # a bug of ours (or a store's): answer, never raise
             return _internal(verified.delivery_id, exc)
 
-    def _rejected(self, exc: WebhookError, headers: Headers) -> Response:
+    def _rejected(
+        self, exc: WebhookError, headers: Headers, endpoint: Endpoint | None = None
+    ) -> Response:
         _log_rejection(exc, headers)
-        if not isinstance(exc, SIGNED_REJECTIONS):
+        if not isinstance(exc, SIGNED_REJECTIONS) or endpoint is None:
             return error_response(exc)
         try:
             entry = getattr(exc, "entry", None)
             if entry is not None:  # keep the signed raw body for inspection
+                entry = replace(entry, key=endpoint.namespace + entry.key)
                 claim = self.store.claim(entry, lease=self.lease)
                 if claim.status is ClaimStatus.CLAIMED:
                     self.store.fail(entry.key, claim.token, f"{exc.code}: {exc}")
         except StoreUnavailable:
             logger.warning("could not keep the refused body: the ledger is unavailable")
-        if self.guard_trips():
+        if self.guard_trips(endpoint.counter):
             return _guard_rejected(exc)
         return error_response(exc)
 
@@ -473,7 +541,7 @@ class Webhooks:
                 exc,
                 extra=_fields(verified, "store_unavailable"),
             )
-            self.keeper.unrecorded_failure()
+            self.keeper.unrecorded_failure(self.counter_for(verified.entry.key))
             return error_response(exc)
         logger.error(
             "ledger unavailable, running handlers WITHOUT dedup (fail-open; delivery %r): %s",
@@ -503,7 +571,7 @@ class Webhooks:
                     extra=_fields(verified, "duplicate"),
                 )
             return answer
-        return _in_progress(self.guard_trips())
+        return _in_progress(self.guard_trips(self.counter_for(verified.entry.key)))
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         pool = self._pool
@@ -516,8 +584,16 @@ class Webhooks:
     def _run_and_settle(
         self, event: Event, delivery: Delivery, token: str, handoff: _Handoff | None
     ) -> Response:
+        try:
+            step, also = self._take_gate(event, delivery.key)
+        except StoreUnavailable as exc:
+            self.keeper.settle_later(delivery.key, token, "store unavailable at the gate")
+            self.keeper.unrecorded_failure(self.counter_for(delivery.key))
+            return error_response(exc)
+        if step != "run":
+            return self._gated(step, delivery, token)
         with self._running(delivery, "inline") as run:
-            result = execute(self, event, delivery, token)
+            result = execute(self, event, delivery, token, also)
             if run is not None:
                 run.outcome = result.outcome
         detached = handoff is not None and handoff.finish()
@@ -525,29 +601,37 @@ class Webhooks:
             return _result_answer(result)
         error = _error_text(result)
         plan = settlement(self.backoff, delivery.attempt, provider_retries=not detached)
-        if plan.op == "fail" and self.guard_trips():
+        if plan.op == "fail" and self.guard_trips(self.counter_for(delivery.key)):
             plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
         settle_failure(self, delivery.key, token, error, plan)
-        return _failure_answer(result, plan, delivery)
+        return _failure_answer(result, plan, delivery, detached)
 
     # The request path, async ---------------------------------------------------------
 
-    async def handle_async(self, method: str, headers: Headers, body: bytes) -> Response:
+    async def handle_async(
+        self, method: str, headers: Headers, body: bytes, *, path: str | None = None
+    ) -> Response:
         """Answer one request without blocking the event loop (for ASGI)."""
-        return self._answered(await self._handle_async(method, headers, body))
+        return self._answered(await self._handle_async(method, headers, body, path))
 
-    async def _handle_async(self, method: str, headers: Headers, body: bytes) -> Response:
+    async def _handle_async(
+        self, method: str, headers: Headers, body: bytes, path: str | None
+    ) -> Response:
         started = time.monotonic()
         self.keeper.start()
+        endpoint = None
         try:
-            verified = verify_request(self.limits, method, headers, body, self.clock())
+            endpoint = self.endpoint_for(path)
+            verified = verify_request(self._limits(endpoint), method, headers, body, self.clock())
         except WebhookError as exc:
             if isinstance(exc, SIGNED_REJECTIONS):
-                response = await asyncio.to_thread(self._rejected, exc, headers)
+                response = await asyncio.to_thread(self._rejected, exc, headers, endpoint)
             else:
                 _log_rejection(exc, headers)
                 response = error_response(exc)
             return self._told(started, response, None, exc, headers)
+        if endpoint.namespace:
+            verified = _namespaced(verified, endpoint)
         with self._receiving(verified) as (verified, receipt):
             response = await self._ahandle_verified(verified, started)
             _fill(receipt, response)
@@ -560,10 +644,10 @@ class Webhooks:
         ):
             # A blocking ledger and sync handlers: the rest costs one thread hop.
             if self.reply_deadline is None:
-                return await asyncio.to_thread(self.handle_verified, verified)
+                return await asyncio.to_thread(self._pooled, verified, None)
             handoff = _Handoff()
             loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(None, self.handle_verified, verified, handoff)
+            future = loop.run_in_executor(None, self._pooled, verified, handoff)
             return await _awithin(future, handoff, started, self.reply_deadline, self)
         try:
             try:
@@ -571,8 +655,8 @@ class Webhooks:
                     claim = await store.aenqueue(verified.entry)
                 else:
                     claim = await store.aclaim(verified.entry, lease=self.lease)
-            except StoreUnavailable as exc:
-                return await asyncio.to_thread(self._store_down, verified, exc)
+            except Exception as exc:  # a store's bug fails closed like an outage
+                return await asyncio.to_thread(self._store_down, verified, _as_outage(exc))
             if claim.queued and self.dispatcher is not None:
                 await self.asend_pointer(verified.entry.key)
             if claim.status is not ClaimStatus.CLAIMED:
@@ -595,6 +679,9 @@ class Webhooks:
     async def _arun_and_settle(
         self, event: Event, delivery: Delivery, token: str, handoff: _Handoff | None
     ) -> Response:
+        if self.reconcile is not None and _terminal_generation(event) is not None:
+            # The gate costs a round trip only with reconciliation on: keep it simple.
+            return await asyncio.to_thread(self._run_and_settle, event, delivery, token, handoff)
         with self._running(delivery, "inline") as run:
             result = await aexecute(self, event, delivery, token)
             if run is not None:
@@ -604,10 +691,10 @@ class Webhooks:
             return _result_answer(result)
         error = _error_text(result)
         plan = settlement(self.backoff, delivery.attempt, provider_retries=not detached)
-        if plan.op == "fail" and await self.aguard_trips():
+        if plan.op == "fail" and await self.aguard_trips(self.counter_for(delivery.key)):
             plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
         await asettle_failure(self, delivery.key, token, error, plan)
-        return _failure_answer(result, plan, delivery)
+        return _failure_answer(result, plan, delivery, detached)
 
     # Runners: recovery, replay -------------------------------------------------------
 
@@ -619,6 +706,7 @@ class Webhooks:
             verified.match,
             self.clock(),
             attempt,
+            account=_account_of(verified.entry.key),
         )
 
     def run_record(self, record: Record, claim: Claim, *, backoff: Backoff | None = None) -> str:
@@ -628,14 +716,17 @@ class Webhooks:
         once out of attempts. Outcomes: ``processed``, ``ignored``, ``handler_failed``
         (retry scheduled), ``dead``, ``lease_lost`` or ``store_unavailable``.
         """
+        if is_generation_key(record.key):
+            return self._poll_record(record, claim, backoff)
         event = _stored_event(self, record, claim)
         if event is None:
             return "dead"
-        delivery = Delivery(
-            record.delivery_id, event.event, record.key, RECORDED, record.created_at, claim.attempt
-        )
+        delivery = _stored_delivery(record, event, claim)
+        step, also = self._take_gate(event, record.key)
+        if step != "run":
+            return str(self._gated(step, delivery, claim.token).json.get("status", step))
         with self._running(delivery, "deferred", record.traceparent) as run:
-            result = execute(self, event, delivery, claim.token)
+            result = execute(self, event, delivery, claim.token, also)
             if run is not None:
                 run.outcome = result.outcome
         if result.outcome != "failed":
@@ -648,12 +739,12 @@ class Webhooks:
         self, record: Record, claim: Claim, *, backoff: Backoff | None = None
     ) -> str:
         """Async twin of :meth:`run_record` (workers)."""
+        if self.reconcile is not None:  # gates and polls are blocking calls: one thread hop
+            return await asyncio.to_thread(self.run_record, record, claim, backoff=backoff)
         event = await asyncio.to_thread(_stored_event, self, record, claim)
         if event is None:
             return "dead"
-        delivery = Delivery(
-            record.delivery_id, event.event, record.key, RECORDED, record.created_at, claim.attempt
-        )
+        delivery = _stored_delivery(record, event, claim)
         with self._running(delivery, "deferred", record.traceparent) as run:
             result = await aexecute(self, event, delivery, claim.token)
             if run is not None:
@@ -663,6 +754,93 @@ class Webhooks:
         plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
         await asettle_failure(self, record.key, claim.token, _error_text(result), plan)
         return "dead" if plan.op == "bury" else "handler_failed"
+
+    # Reconciliation -----------------------------------------------------------------
+
+    def watch(self, generation_id: str, *, account: str | None = None) -> bool:
+        """Remember a submitted generation: poll for it if no terminal webhook comes in time.
+
+        Pass it to the API client (``Client(..., on_submitted=hooks.watch)``) so every
+        generation it submits is watched. Return False when it was watched (or seen) already.
+        """
+        if self.reconcile is None:
+            raise ConfigurationError("watch() needs Webhooks(reconcile=Reconciliation(...))")
+        namespace = f"{account}:" if account else ""
+        key = generation_key(namespace, generation_id)
+        entry = Entry(key, "", None, generation_id, b"")
+        return self.store.apply(WATCH, key, entry=entry, delay=self.reconcile.after).ok
+
+    def reconcile_now(self, *, limit: int = 1000) -> dict[str, str]:
+        """Poll every watched generation still pending now, not at its time; run the outcomes.
+
+        ``gptimg-webhooks reconcile`` calls this, e.g. after an outage or a disabled
+        endpoint. Return each record's outcome by key (as :meth:`recover`).
+        """
+        for record in self.store.records(State.PENDING, limit=limit):
+            if is_generation_key(record.key):
+                self.store.apply(NUDGE, record.key)
+        return self.recover(limit=limit)
+
+    def _take_gate(self, event: Event, key: str) -> tuple[str, tuple[str, str] | None]:
+        """Take a terminal event's generation gate: ``run`` (holding it), ``done`` or ``busy``."""
+        generation_id = _terminal_generation(event) if self.reconcile is not None else None
+        if generation_id is None:
+            return "run", None
+        gate = generation_key(_namespace_of(key), generation_id)
+        entry = Entry(gate, "", event.event, generation_id, b"")
+        taken = self.store.apply(GATE, gate, entry=entry, lease=self.lease)
+        if taken.ok:
+            return "run", (gate, taken.token)
+        return ("done" if taken.found is State.DONE else "busy"), None
+
+    def _gated(self, step: str, delivery: Delivery, token: str) -> Response:
+        """Settle a delivery whose generation another path (a poll) has or is handling."""
+        if step == "done":
+            logger.info("generation of %s was handled by reconciliation", delivery.key[:12])
+            self.store.complete(delivery.key, token, counter=self.counter_for(delivery.key))
+            return DUPLICATE
+        self.store.fail(delivery.key, token, "its generation is being handled by a poll")
+        return _in_progress(self.guard_trips(self.counter_for(delivery.key)))
+
+    def _poll_record(self, record: Record, claim: Claim, backoff: Backoff | None) -> str:
+        reconcile = self.reconcile
+        generation_id = record.generation_id
+        if reconcile is None or generation_id is None:
+            self.store.bury(record.key, claim.token, "reconciliation is not configured")
+            return "dead"
+        account = _account_of(record.key)
+        try:
+            generation = reconcile.poll(generation_id, account)
+        except Exception as exc:
+            logger.warning("polling %s failed: %s", generation_id[:40], type(exc).__name__)
+            return self._poll_again(record, claim, f"poll failed: {type(exc).__name__}")
+        event = terminal_event(generation)
+        if event is None:
+            return self._poll_again(record, claim, f"still {generation.status}")
+        delivery = Delivery(
+            "reconciled",
+            event.event,
+            record.key,
+            RECORDED,
+            self.clock(),
+            claim.attempt,
+            account=account,
+        )
+        result = execute(self, event, delivery, claim.token)
+        if result.outcome != "failed":
+            logger.info("generation %s reconciled by polling", generation_id[:40])
+            return result.outcome
+        plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
+        settle_failure(self, record.key, claim.token, _error_text(result), plan)
+        return "dead" if plan.op == "bury" else "handler_failed"
+
+    def _poll_again(self, record: Record, claim: Claim, why: str) -> str:
+        assert self.reconcile is not None
+        if claim.attempt >= self.reconcile.max_polls:
+            self.store.bury(record.key, claim.token, f"gave up polling: {why}")
+            return "dead"
+        self.store.retry(record.key, claim.token, why, delay=self.reconcile.every)
+        return "polling"
 
     def recover(self, *, limit: int = 20) -> dict[str, str]:
         """Run records that are due (pending, or abandoned by a dead runner) now; blocking.
@@ -834,23 +1012,35 @@ def _result_answer(result: Result) -> Response:
     return error_response(error)
 
 
-def _failure_answer(result: Result, plan: Settlement, delivery: Delivery) -> Response:
+def _failure_answer(
+    result: Result, plan: Settlement, delivery: Delivery, detached: bool
+) -> Response:
     if plan.op == "fail":
         error = result.error
         return error_response(HandlerFailed(f"handler raised {type(error).__name__}"))
-    logger.error(
-        "handler failed for %s (delivery %r); answering 2xx to keep the endpoint from "
-        "auto-disable: a runner retries it from the ledger",
-        delivery.event,
-        delivery.id,
-        extra={
-            "delivery_id": delivery.id,
-            "event": delivery.event,
-            "key_prefix": delivery.key[:12],
-            "attempt": delivery.attempt,
-            "outcome": "failed_accepted",
-        },
-    )
+    fields = {
+        "delivery_id": delivery.id,
+        "event": delivery.event,
+        "key_prefix": delivery.key[:12],
+        "attempt": delivery.attempt,
+        "outcome": "failed_accepted",
+    }
+    if detached:  # answered 202 already: the provider will not retry
+        logger.warning(
+            "handler for %s failed after the reply deadline (delivery %r); a runner retries "
+            "it from the ledger",
+            delivery.event,
+            delivery.id,
+            extra=fields,
+        )
+    else:
+        logger.error(
+            "handler failed for %s (delivery %r); answering 2xx to keep the endpoint from "
+            "auto-disable: a runner retries it from the ledger",
+            delivery.event,
+            delivery.id,
+            extra=fields,
+        )
     return FAILED_ACCEPTED
 
 
@@ -901,6 +1091,42 @@ def _error_text(result: Result) -> str:
     return "" if error is None else f"{type(error).__name__}: {error}"[:2000]
 
 
+def _account_of(key: str) -> str | None:
+    """Return the account a record key is namespaced under (``name:...``), if any."""
+    head, sep, _ = key.partition(":")
+    return head if sep and _ACCOUNT.fullmatch(head) else None
+
+
+def _namespace_of(key: str) -> str:
+    account = _account_of(key)
+    return f"{account}:" if account else ""
+
+
+def _terminal_generation(event: Event) -> str | None:
+    """Return the generation id of a terminal event (what a poll could also find)."""
+    if isinstance(event, GenerationSucceeded | GenerationFailed):
+        return event.data.generation_id
+    return None
+
+
+def _namespaced(verified: Verified, endpoint: Endpoint) -> Verified:
+    entry = replace(verified.entry, key=endpoint.namespace + verified.entry.key)
+    return replace(verified, entry=entry)
+
+
+def _stored_delivery(record: Record, event: Event, claim: Claim) -> Delivery:
+    account = _account_of(record.key)
+    return Delivery(
+        record.delivery_id,
+        event.event,
+        record.key,
+        RECORDED,
+        record.created_at,
+        claim.attempt,
+        account=account,
+    )
+
+
 def _stored_event(hooks: Webhooks, record: Record, claim: Claim) -> Event | None:
     """Parse a leased record's body; bury it when that cannot work (no retry would help)."""
     try:
@@ -943,6 +1169,13 @@ def _log_detached(delivery: Delivery | None) -> None:
             "outcome": "processing",
         },
     )
+
+
+def _as_outage(exc: Exception) -> StoreUnavailable:
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    logger.error("the ledger store raised %s; failing closed", type(exc).__name__, exc_info=exc)
+    return StoreUnavailable(f"store raised {type(exc).__name__}")
 
 
 def _internal(delivery_id: str, exc: BaseException) -> Response:

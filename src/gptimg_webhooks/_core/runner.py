@@ -21,7 +21,9 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -103,12 +105,22 @@ def _message(exc: BaseException) -> str:
 _OPEN, _HANDLERS, _MARK, _COMMIT = "open", "handlers", "mark", "commit"
 
 
-def execute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Result:
-    """Run ``event``'s handlers and the done mark, in the store's transaction, blocking."""
+def execute(
+    hooks: Webhooks,
+    event: Event,
+    delivery: Delivery,
+    token: str,
+    also: tuple[str, str] | None = None,
+) -> Result:
+    """Run ``event``'s handlers and the done mark, in the store's transaction, blocking.
+
+    ``also`` (key, token): a second record held for the same run (a generation's gate),
+    marked done with the first.
+    """
     store, key = hooks.store, delivery.key
     handlers = hooks.routes(event.event)
     phase = _OPEN
-    with hooks.keeper.holding(key, token):
+    with hooks.keeper.holding(key, token), _holding(hooks, also):
         try:
             with store.transaction() as tx:
                 phase = _HANDLERS
@@ -120,8 +132,10 @@ def execute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Re
                 if tx is not None:
                     store.check_transaction(tx)
                 phase = _MARK
-                if not store.complete(key, token, counter=hooks.guard_counter):
+                if not store.complete(key, token, counter=hooks.counter_for(key)):
                     raise LeaseLost("the lease was lost while the handlers ran")
+                if also is not None and not store.complete(*also):
+                    raise LeaseLost("the generation's gate was lost while the handlers ran")
                 phase = _COMMIT
         except LeaseLost as exc:
             return Result("lease_lost", exc)
@@ -136,7 +150,13 @@ def execute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Re
     return Result("processed" if handlers else "ignored")
 
 
-async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Result:
+async def aexecute(
+    hooks: Webhooks,
+    event: Event,
+    delivery: Delivery,
+    token: str,
+    also: tuple[str, str] | None = None,
+) -> Result:
     """Async twin of :func:`execute`: no thread waits unless a handler or the store needs one."""
     store, key = hooks.store, delivery.key
     handlers = hooks.routes(event.event)
@@ -144,9 +164,9 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
     if store.transactional and not (store.async_transactions and all_async):
         # A thread-bound transaction (Django's), or sync handlers that need a sync
         # connection as delivery.transaction: handlers and the mark share one thread.
-        return await asyncio.to_thread(execute, hooks, event, delivery, token)
+        return await asyncio.to_thread(_execute_in_thread, hooks, event, delivery, token, also)
     phase = _OPEN
-    with hooks.keeper.holding(key, token):
+    with hooks.keeper.holding(key, token), _holding(hooks, also):
         try:
             async with store.atransaction() as tx:
                 phase = _HANDLERS
@@ -155,8 +175,10 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
                 if tx is not None:
                     store.check_transaction(tx)
                 phase = _MARK
-                if not await store.acomplete(key, token, counter=hooks.guard_counter):
+                if not await store.acomplete(key, token, counter=hooks.counter_for(key)):
                     raise LeaseLost("the lease was lost while the handlers ran")
+                if also is not None and not await store.acomplete(*also):
+                    raise LeaseLost("the generation's gate was lost while the handlers ran")
                 phase = _COMMIT
         except LeaseLost as exc:
             return Result("lease_lost", exc)
@@ -169,6 +191,23 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
             await asyncio.to_thread(hooks.report, exc, event, delivery)
             return Result("failed", exc)
     return Result("processed" if handlers else "ignored")
+
+
+def _holding(hooks: Webhooks, also: tuple[str, str] | None) -> AbstractContextManager[None]:
+    return nullcontext() if also is None else hooks.keeper.holding(*also)
+
+
+def _execute_in_thread(
+    hooks: Webhooks,
+    event: Event,
+    delivery: Delivery,
+    token: str,
+    also: tuple[str, str] | None = None,
+) -> Result:
+    try:
+        return execute(hooks, event, delivery, token, also)
+    finally:
+        hooks.store.close_thread()
 
 
 async def _acall(handlers: tuple[HandlerSpec, ...], event: Event, delivery: Delivery) -> None:
@@ -260,18 +299,26 @@ class Keeper:
     tick = 0.25
 
     def __init__(self, hooks: Webhooks) -> None:
-        self.hooks = hooks
+        # Weak: a receiver nobody holds any more stops its keeper instead of living on.
+        self._hooks = weakref.ref(hooks)
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
         #: key -> (token, error or None for a done mark)
         self._later: dict[str, tuple[str, str | None]] = {}
-        self._unrecorded = 0
+        self._unrecorded: dict[str, int] = {}
         self._pid = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._next_sweep = 0.0
         self._next_prune = 0.0
         self._sweeping = threading.Lock()
+
+    @property
+    def hooks(self) -> Webhooks:
+        hooks = self._hooks()
+        if hooks is None:
+            raise ReferenceError("the receiver is gone")
+        return hooks
 
     # Registration (any thread) ---------------------------------------------------
 
@@ -296,24 +343,23 @@ class Keeper:
             self._later[key] = (token, error)
             self._held.setdefault(key, _Held(token, time.monotonic()))
 
-    def unrecorded_failure(self, n: int = 1) -> None:
+    def unrecorded_failure(self, counter: str, n: int = 1) -> None:
         """Count non-2xx answers the ledger could not count (it was down)."""
         with self._lock:
-            self._unrecorded += n
+            self._unrecorded[counter] = self._unrecorded.get(counter, 0) + n
 
-    def take_unrecorded(self) -> int:
-        """Take the uncounted failures, to add them to the ledger's count now."""
+    def take_unrecorded(self, counter: str) -> int:
+        """Take a counter's uncounted failures, to add them to the ledger's count now."""
         if not self._unrecorded:
             return 0
         with self._lock:
-            n, self._unrecorded = self._unrecorded, 0
-            return n
+            return self._unrecorded.pop(counter, 0)
 
     def clear_unrecorded(self) -> None:
         """Forget uncounted failures: a 2xx answer reset the provider's count."""
         if self._unrecorded:
             with self._lock:
-                self._unrecorded = 0
+                self._unrecorded.clear()
 
     def start(self) -> None:
         """Start the thread in this process if it is not running (after a fork too)."""
@@ -330,7 +376,7 @@ class Keeper:
             # Not in the middle of start-up's first requests.
             self._next_prune = time.monotonic() + min(60.0, self.hooks.prune_interval)
             self._thread = threading.Thread(
-                target=self._loop, name="gptimg-webhooks-keeper", daemon=True
+                target=_keep, args=(weakref.ref(self),), name="gptimg-webhooks-keeper", daemon=True
             )
             self._thread.start()
 
@@ -349,19 +395,15 @@ class Keeper:
 
     # The loop (keeper thread) ----------------------------------------------------
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.tick):
-            try:
-                self._round()
-            except Exception:  # never let the keeper die: it holds everyone's leases
-                logger.exception("ledger keeper round failed")
+    def _idle(self) -> bool:
+        return not self._held and not self._later and not self._unrecorded
 
     def _round(self) -> None:
         hooks, store, now = self.hooks, self.hooks.store, time.monotonic()
         with self._lock:
             later = list(self._later.items())
             due = [(k, h) for k, h in self._held.items() if now - h.renewed >= hooks.lease / 3]
-            unrecorded, self._unrecorded = self._unrecorded, 0
+            unrecorded, self._unrecorded = self._unrecorded, {}
         try:
             for key, (token, error) in later:
                 self._settle(key, token, error)
@@ -374,13 +416,18 @@ class Keeper:
                     with self._lock:
                         if self._held.get(key) is held:
                             del self._held[key]
-            if unrecorded:
-                store.bump(hooks.guard_counter, hooks.guard_limit, by=unrecorded)
-                unrecorded = 0
+            while unrecorded:
+                counter, n = unrecorded.popitem()
+                try:
+                    store.bump(counter, hooks.guard_limit, by=n)
+                except StoreUnavailable:
+                    unrecorded[counter] = n
+                    raise
         except StoreUnavailable as exc:
             logger.warning("ledger keeper: store unavailable (%s); will retry", exc)
             with self._lock:
-                self._unrecorded += unrecorded
+                for counter, n in unrecorded.items():
+                    self._unrecorded[counter] = self._unrecorded.get(counter, 0) + n
             return
         # Deferred mode sweeps only with a dispatcher: it re-dispatches lost pointers.
         if (
@@ -398,7 +445,7 @@ class Keeper:
     def _settle(self, key: str, token: str, error: str | None) -> None:
         store = self.hooks.store
         if error is None:
-            landed = store.complete(key, token, counter=self.hooks.guard_counter)
+            landed = store.complete(key, token, counter=self.hooks.counter_for(key))
             what = "done mark"
         else:
             landed = store.fail(key, token, error)
@@ -421,6 +468,7 @@ class Keeper:
         """Run records a dead runner left behind (and pending ones), from their bodies."""
         try:
             self.hooks.recover(limit=self.hooks.sweep_batch)
+            self.hooks.store.close_thread()
         except StoreUnavailable as exc:
             logger.warning("recovery sweep: store unavailable (%s)", exc)
         except Exception:
@@ -443,3 +491,24 @@ class Keeper:
                     )
         except StoreUnavailable as exc:
             logger.warning("pruning the ledger failed (%s); will try again", exc)
+
+
+def _keep(ref: weakref.ref[Keeper]) -> None:
+    """The keeper thread: rounds until stopped, or until its receiver is gone."""
+    while True:
+        keeper = ref()
+        if keeper is None or keeper._stop.is_set() or keeper._hooks() is None:
+            return
+        stop = keeper._stop
+        # Idle: look less often; a round still runs the sweep and pruning on time.
+        tick = Keeper.tick if not keeper._idle() else 4 * Keeper.tick
+        try:
+            keeper._round()
+            keeper.hooks.store.close_thread()
+        except ReferenceError:
+            return
+        except Exception:  # never let the keeper die: it holds everyone's leases
+            logger.exception("ledger keeper round failed")
+        del keeper
+        if stop.wait(tick):
+            return

@@ -16,26 +16,86 @@ from dataclasses import dataclass
 
 from .errors import ConfigurationError
 
-__all__ = ["SECRET_ENV", "Match", "Secret", "Verifier", "parse_secrets", "sign", "verify"]
+__all__ = [
+    "SECRET_ENV",
+    "SECRET_PREFIX",
+    "Match",
+    "Secret",
+    "Verifier",
+    "check_secret",
+    "parse_secrets",
+    "secret_id",
+    "sign",
+    "verify",
+]
 
 SECRET_ENV = "GPTIMG_WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a secret
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the provider's prefix, not a secret
 _BLOCK = 64  # SHA-256 block size
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
+_HINT = (
+    "set it to the whsec_... value the provider showed once when the webhook was "
+    f"registered (env {SECRET_ENV}, comma separated while rotating)"
+)
+
+
+def check_secret(value: object, index: int = 0) -> None:
+    """Raise :class:`ConfigurationError` saying what is wrong with a secret; never echo it.
+
+    A secret is the provider's ``whsec_`` string exactly: the prefix, then the rest,
+    with no whitespace and no quotes. Anything else could never verify a delivery, so
+    it is refused at start-up rather than answering 401 to every correctly signed one.
+    """
+    which = "webhook secret" if index == 0 else f"webhook secret #{index}"
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{which} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise ConfigurationError(f"{which} is empty or blank: {_HINT}")
+    if value[0] in "\"'" or value[-1] in "\"'":
+        raise ConfigurationError(
+            f"{which} has quotes around it ({len(value)} characters, quotes included): the "
+            "quotes became part of the value (a .env file or a YAML/Docker setting that "
+            "keeps them); remove them"
+        )
+    if value != value.strip():
+        raise ConfigurationError(
+            f"{which} has whitespace or a newline around it: remove it (the key is the "
+            "exact string, and the provider signs with the exact string)"
+        )
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigurationError(f"{which} contains whitespace or control characters")
+    if not value.startswith(SECRET_PREFIX):
+        raise ConfigurationError(
+            f"{which} does not start with {SECRET_PREFIX!r}: it is not a webhook secret "
+            "(not an API key gimg_..., not the webhook id); the prefix is part of the key; " + _HINT
+        )
+    rest = value[len(SECRET_PREFIX) :]
+    if not rest:
+        raise ConfigurationError(f"{which} is only the {SECRET_PREFIX!r} prefix: {_HINT}")
+    if not rest.strip(".…"):
+        raise ConfigurationError(f"{which} is the placeholder 'whsec_...': {_HINT}")
+
+
+def secret_id(value: str) -> str:
+    """Return the short fingerprint that names a secret in logs without revealing it."""
+    return hashlib.sha256(b"gptimg-secret-id:" + value.encode("utf-8")).hexdigest()[:12]
+
+
 class Secret:
-    """One signing secret with its HMAC pads precomputed, so a check is two hash copies."""
+    """One signing secret with its HMAC pads precomputed, so a check is two hash copies.
+
+    The value is checked first (:func:`check_secret`): ``whsec_`` and something after
+    it, no whitespace, no quotes.
+    """
 
     __slots__ = ("_inner", "_outer", "id", "index")
 
     def __init__(self, value: str, index: int = 0) -> None:
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigurationError(
-                "webhook secret is empty or blank: set it to the whsec_... value the "
-                f"provider showed when the webhook was registered (env {SECRET_ENV})"
-            )
+        check_secret(value, index)
         key = value.encode("utf-8")
         if len(key) > _BLOCK:
             key = hashlib.sha256(key).digest()
@@ -44,7 +104,7 @@ class Secret:
         self._outer = hashlib.sha256(key.translate(_OPAD))
         self.index = index
         # A short fingerprint names the secret in logs and metadata without revealing it.
-        self.id = hashlib.sha256(b"gptimg-secret-id:" + value.encode("utf-8")).hexdigest()[:12]
+        self.id = secret_id(value)
 
     def digest(self, body: bytes) -> str:
         """Return the lowercase hex signature of ``body``."""
@@ -91,7 +151,11 @@ class Verifier:
 
 
 def parse_secrets(value: str | Sequence[str] | None) -> list[str]:
-    """Split configured secrets; fall back to ``GPTIMG_WEBHOOK_SECRET`` (comma separated)."""
+    """Split configured secrets; fall back to ``GPTIMG_WEBHOOK_SECRET`` (comma separated).
+
+    Whitespace around each value is trimmed (a trailing newline, a space after a comma);
+    each value must then pass :func:`check_secret`.
+    """
     if value is None:
         value = os.environ.get(SECRET_ENV)
         if value is None:
@@ -109,6 +173,8 @@ def parse_secrets(value: str | Sequence[str] | None) -> list[str]:
             f"webhook secret is empty or blank (env {SECRET_ENV} or secret=...): "
             "give one or more whsec_... values separated by commas"
         )
+    for index, value in enumerate(secrets):
+        check_secret(value, index)
     return secrets
 
 

@@ -5,7 +5,8 @@ Exit status, for every command:
 ==  ==========================================================================
 0   success: valid signature, all delivered, the operation happened
 1   the check or delivery failed: invalid signature, not delivered, handler failed
-2   usage: bad option or argument, no secret in the environment
+2   usage or configuration: bad option or argument, no secret in the environment,
+    an invalid secret, a bad or unknown store URL
 3   ``send``: the simulated endpoint was auto-disabled (8 consecutive failures)
 4   something needed is unavailable: the store, a port, the app to import
 ==  ==========================================================================
@@ -16,11 +17,18 @@ never from the command line, where they would land in shell history and ``ps``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from gptimg_webhooks._core.errors import WebhookError
+
+from ._common import exit_for
 from .demo import demo
 from .ledger import ledger
 from .listen import listen
+from .provider import provider
+from .reconcile import reconcile
 from .send import send
 from .signing import sign, verify
 from .worker import worker
@@ -28,7 +36,17 @@ from .worker import worker
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turn any library error a command lets through into one line and its exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WebhookError as exc:
+            raise exit_for(exc) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gptimg-webhooks")
 def main() -> None:
     """Sign, verify, send and receive gptimage2.plus webhooks; inspect the ledger.
@@ -38,5 +56,5 @@ def main() -> None:
     """
 
 
-for _command in (sign, verify, send, listen, demo, ledger, worker):
+for _command in (sign, verify, send, listen, demo, ledger, worker, provider, reconcile):
     main.add_command(_command)

@@ -14,15 +14,17 @@ import gzip
 import hashlib
 import hmac
 import json
+import logging
 import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptimg_webhooks._core.signature import Secret, Verifier
+from gptimg_webhooks._core.errors import ConfigurationError
+from gptimg_webhooks._core.signature import Secret, check_secret, secret_id
 
-__all__ = ["Diagnosis", "Finding", "diagnose"]
+__all__ = ["Answer", "Diagnosis", "Finding", "diagnose", "receiver_answer"]
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -36,6 +38,19 @@ class Finding:
     message: str
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What the library's receiver would answer the request (a fresh delivery)."""
+
+    status: int
+    code: str
+    message: str
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.status < 300
+
+
 @dataclass
 class Diagnosis:
     """Whether the library would accept the signature, and why not."""
@@ -45,10 +60,19 @@ class Diagnosis:
     matched: tuple[int, str] | None = None
     causes: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
+    #: The receiver's answer; None when it would refuse to start with these secrets.
+    answer: Answer | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """Return whether the receiver would answer 2xx."""
+        return self.answer is not None and self.answer.accepted
 
     def as_json(self) -> dict[str, Any]:
         return {
             "valid": self.valid,
+            "accepted": self.accepted,
+            "answer": self.answer.__dict__ if self.answer is not None else None,
             "matched": {"index": self.matched[0], "id": self.matched[1]} if self.matched else None,
             "causes": [f.__dict__ for f in self.causes],
             "warnings": [f.__dict__ for f in self.warnings],
@@ -268,10 +292,66 @@ _EXPLAIN = {
 }
 
 
+def _usable(secrets: Sequence[str], diag: Diagnosis) -> dict[int, Secret]:
+    """Return the secrets the receiver would accept, by index; name the refused ones."""
+    usable: dict[int, Secret] = {}
+    for i, raw in enumerate(secrets):
+        value = raw.strip()
+        try:
+            check_secret(value, i)
+        except ConfigurationError as exc:
+            quoted = bool(value) and (value[0] in "\"'" or value[-1] in "\"'")
+            diag.causes.append(
+                Finding(
+                    "secret_whitespace_or_quotes" if quoted else "invalid_secret",
+                    f"the configured {exc}: the receiver refuses to start with it",
+                )
+            )
+            continue
+        usable[i] = Secret(value, i)
+    return usable
+
+
+def _match(usable: dict[int, Secret], body: bytes, signature: str) -> tuple[int, str] | None:
+    if not _HEX64.fullmatch(signature):
+        return None
+    for i, secret in usable.items():
+        if hmac.compare_digest(secret.digest(body), signature.lower()):
+            return i, secret.id
+    return None
+
+
+def receiver_answer(
+    body: bytes, headers: Sequence[tuple[str, str]], secrets: Sequence[str]
+) -> Answer | None:
+    """Run the request through the library's own receiver (no handlers, a fresh ledger).
+
+    Return its answer, or None when the secrets keep the receiver from starting.
+    """
+    from gptimg_webhooks._core.receiver import Webhooks
+    from gptimg_webhooks.stores.memory import MemoryStore
+
+    try:
+        hooks = Webhooks([s.strip() for s in secrets], store=MemoryStore(), include_shared=False)
+    except ConfigurationError:
+        return None
+    logger = logging.getLogger("gptimg_webhooks")
+    was, logger.disabled = logger.disabled, True  # its rejection log would repeat the verdict
+    try:
+        response = hooks.handle("POST", headers, body)
+    finally:
+        logger.disabled = was
+        hooks.close()
+    data = response.json
+    code = str(data.get("status") if data.get("ok") else data.get("error"))
+    return Answer(response.status, code, str(data.get("message") or ""))
+
+
 def diagnose(body: bytes, headers: Sequence[tuple[str, str]], secrets: Sequence[str]) -> Diagnosis:
     """Check ``body`` + ``headers`` against ``secrets`` as given (untrimmed), and explain."""
     diag = Diagnosis()
-    verifier = Verifier([s.strip() for s in secrets])
+    diag.answer = receiver_answer(body, headers, secrets)
+    usable = _usable(secrets, diag)
     signatures = _values(headers, "x-gptimg-signature")
     _check_headers(body, headers, diag)
     if not signatures:
@@ -286,9 +366,9 @@ def diagnose(body: bytes, headers: Sequence[tuple[str, str]], secrets: Sequence[
             )
         )
     raw = signatures[0].split(",")[0] if len(signatures) == 1 else signatures[0]
-    match = verifier.verify(body, signatures[0]) if len(signatures) == 1 else None
+    match = _match(usable, body, signatures[0]) if len(signatures) == 1 else None
     if match is not None:
-        diag.valid, diag.matched = True, (match.index, match.id)
+        diag.valid, diag.matched = True, match
         if any(c in "ABCDEF" for c in signatures[0]):
             diag.warnings.append(_UPPERCASE)
         for i, s in enumerate(secrets):
@@ -305,12 +385,22 @@ def diagnose(body: bytes, headers: Sequence[tuple[str, str]], secrets: Sequence[
     signature = _normalise(raw, diag)
     if signature is None:
         return diag
+    if not body:
+        diag.causes.append(
+            Finding(
+                "empty_body",
+                "the body is empty: the provider always signs a JSON body. Something read "
+                "the request body before the check (a form parser, a middleware, a "
+                "logging hook) or a proxy dropped it; verify the raw bytes as received",
+            )
+        )
+        return diag
     decompressed = _decompress(body, _values(headers, "content-encoding"))
     if decompressed is not None:
         name, plain = decompressed
         how = (
             "the signature matches the decompressed body"
-            if plain and verifier.verify(plain, signature)
+            if plain and _match(usable, plain, signature)
             else "the receiver must see the bytes the provider signed"
         )
         diag.causes.append(
@@ -327,8 +417,8 @@ def diagnose(body: bytes, headers: Sequence[tuple[str, str]], secrets: Sequence[
         for index, key_cause, key in _keys(secrets):
             if not hmac.compare_digest(_hmac(key, candidate), signature):
                 continue
-            diag.matched = (index, Secret(secrets[index].strip() or "?", index).id)
-            if key_cause is not None:
+            diag.matched = (index, secret_id(secrets[index].strip()))
+            if key_cause is not None and not any(c.code == key_cause for c in diag.causes):
                 which = repr(key.decode("utf-8", "replace"))
                 text = _EXPLAIN[key_cause].format(which=_mask(which))
                 diag.causes.append(Finding(key_cause, text))
@@ -343,16 +433,32 @@ def diagnose(body: bytes, headers: Sequence[tuple[str, str]], secrets: Sequence[
                 )
             return diag
 
-    if not any(c.code in ("compressed_body",) for c in diag.causes):
-        ids = ", ".join(f"#{i} {Secret(s.strip() or '?', i).id}" for i, s in enumerate(secrets))
+    if any(c.code == "compressed_body" for c in diag.causes):
+        return diag
+    ids = ", ".join(f"#{i} {secret_id(s.strip())}" for i, s in enumerate(secrets))
+    try:
+        json.loads(body.decode("utf-8"))
+    except ValueError:
         diag.causes.append(
             Finding(
-                "wrong_secret",
-                "no configured secret signs this body, nor any usual re-encoding of it "
-                f"(secrets tried: {ids}): it was signed with another secret (another "
-                "webhook's, or one rotated out), or the body was edited",
+                "body_not_json",
+                f"the body is not valid UTF-8 JSON ({len(body)} bytes), and no configured "
+                f"secret signs it (secrets tried: {ids}): it was cut short (a proxy's size "
+                "limit, a partial read) or changed on the way; the provider always signs a "
+                "JSON object",
             )
         )
+        return diag
+    diag.causes.append(
+        Finding(
+            "wrong_secret_or_tampered_body",
+            "no configured secret signs this body, nor any usual re-encoding of it "
+            f"(secrets tried: {ids}). Either it was signed with another secret (another "
+            "webhook's, or one rotated out), or the body was changed after signing: only "
+            "the body is signed, so the request alone cannot tell the two apart. Check the "
+            "secret first; then whether anything edits bodies on the way",
+        )
+    )
     return diag
 
 

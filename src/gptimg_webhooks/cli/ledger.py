@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -15,23 +14,30 @@ from typing import Any
 import click
 from rich.table import Table
 
-from gptimg_webhooks._core.errors import StoreUnavailable, WebhookError
+from gptimg_webhooks._core.durations import DURATION_HELP, parse_duration
+from gptimg_webhooks._core.errors import ConfigurationError
 from gptimg_webhooks._core.ledger import Record, State, Store
-from gptimg_webhooks._core.receiver import DEFAULT_RETENTION, DEFAULT_STORE, STORE_ENV, Webhooks
+from gptimg_webhooks._core.receiver import DEFAULT_RETENTION, DEFAULT_STORE, STORE_ENV
 from gptimg_webhooks.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
-    Unavailable,
+    ConfigProblem,
     console,
+    err_console,
     json_option,
+    load_receiver,
+    one_line_logs,
+    open_readonly,
+    open_writable,
     print_json,
 )
 
 __all__ = ["ledger"]
 
 _STATES = [s.value for s in State]
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: How many records a prefix search or a dry run scans at most.
+_SCAN = 100_000
+_MIN_PREFIX = 8
 
 
 def _store_option(func: Any) -> Any:
@@ -44,19 +50,14 @@ def _store_option(func: Any) -> Any:
     )(func)
 
 
-@contextmanager
-def _open(url: str | None) -> Iterator[Store]:
-    from gptimg_webhooks.stores import open_store
+def _url(url: str | None) -> str:
+    return url or os.environ.get(STORE_ENV) or DEFAULT_STORE
 
-    url = url or os.environ.get(STORE_ENV) or DEFAULT_STORE
-    try:
-        store = open_store(url)
-    except WebhookError as exc:
-        raise click.UsageError(str(exc)) from exc
+
+@contextmanager
+def _closing(store: Store) -> Iterator[Store]:
     try:
         yield store
-    except StoreUnavailable as exc:
-        raise Unavailable(f"store {url}: {exc}") from exc
     finally:
         store.close()
 
@@ -85,21 +86,35 @@ def _as_json(rec: Record, body: bool = False) -> dict[str, Any]:
     return out
 
 
-def _find(store: Store, key: str) -> Record:
-    """Return a record by full key, key prefix (8+ hex) or delivery id."""
-    found = store.get(key)
+def _find(store: Store, ref: str) -> Record:
+    """Return the record ``ref`` names: its key, delivery id, or an 8+ character prefix of either.
+
+    ``send`` prints the first 8 characters of the delivery id; that is enough.
+    """
+    ref = ref.strip()
+    found = store.get(ref) if ref else None
     if found is not None:
         return found
+    needle = ref.lower()
+    if len(needle) < _MIN_PREFIX:
+        raise ConfigProblem(
+            f"{ref!r} is too short: give a full key or delivery id, or at least "
+            f"{_MIN_PREFIX} characters of one"
+        )
     matches = [
         r
-        for r in store.records(None, limit=100_000)
-        if (len(key) >= 8 and r.key.startswith(key)) or r.delivery_id == key
+        for r in store.records(None, limit=_SCAN)
+        if r.key.startswith(needle) or (r.delivery_id or "").lower().startswith(needle)
     ]
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise click.BadParameter(f"no record with key or delivery id {key!r}", param_hint="KEY")
-    raise click.BadParameter(f"{key!r} matches {len(matches)} records; give more of the key")
+        raise ConfigProblem(f"no record with key or delivery id {ref!r}")
+    shown = "; ".join(f"key {r.key[:16]} delivery {r.delivery_id}" for r in matches[:10])
+    more = f" (and {len(matches) - 10} more)" if len(matches) > 10 else ""
+    raise ConfigProblem(
+        f"{ref!r} matches {len(matches)} records: {shown}{more}; give more characters"
+    )
 
 
 @click.group()
@@ -114,7 +129,7 @@ def ledger() -> None:
 @json_option
 def list_records(store_url: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List records, newest first."""
-    with _open(store_url) as store:
+    with _closing(open_readonly(_url(store_url))) as store:
         found = store.records(State(state) if state else None, limit=limit)
     if as_json:
         print_json([_as_json(r) for r in found])
@@ -141,8 +156,13 @@ def list_records(store_url: str | None, state: str | None, limit: int, as_json: 
 @_store_option
 @json_option
 def show(key: str, store_url: str | None, as_json: bool) -> None:
-    """Show one record (KEY: full key, 8+ character prefix, or delivery id) with its body."""
-    with _open(store_url) as store:
+    """Show one record with its body.
+
+    KEY: the record's key or delivery id, or at least 8 characters of either (the short
+    delivery id ``send`` prints). A prefix that matches several records exits 2 and
+    lists them.
+    """
+    with _closing(open_readonly(_url(store_url))) as store:
         rec = _find(store, key)
     if as_json:
         print_json(_as_json(rec, body=True))
@@ -156,20 +176,6 @@ def show(key: str, store_url: str | None, as_json: bool) -> None:
         except ValueError:
             text = rec.body.decode("utf-8", "replace")
         console.print(text, markup=False)
-
-
-def _load_receiver(ref: str) -> Webhooks:
-    module_name, _, attr = ref.partition(":")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-        receiver = getattr(module, attr or "hooks")
-    except (ImportError, AttributeError) as exc:
-        raise Unavailable(f"cannot load {ref!r}: {exc}") from exc
-    found = getattr(receiver, "receiver", receiver)  # an adapter wrapping a receiver
-    if not isinstance(found, Webhooks):
-        raise click.BadParameter(f"{ref!r} is not a Webhooks receiver", param_hint="--app")
-    return found
 
 
 @ledger.command()
@@ -197,58 +203,78 @@ def replay(
 ) -> None:
     """Replay failed or dead records from their kept bodies.
 
-    Without --app, records go back to pending, for ``gptimg-webhooks worker`` to run.
-    With --app MODULE:ATTR, the handlers of that receiver run here and now: failed
-    records are claimed and run directly; dead ones are put back to pending and leased
-    with anything else due, like one worker pass. The store defaults to the
-    receiver's.
+    KEYS: keys or delivery ids, or 8+ character prefixes of either. Only the records
+    named (or, with --state, in that state) are touched.
 
-    Exit status: 0 all replayed (and, with --app, processed), 1 otherwise.
+    Without --app, records go back to pending, for ``gptimg-webhooks worker`` to run.
+    With --app MODULE:ATTR, that receiver's handlers run here and now, record by record;
+    one that fails again is kept as dead with its new error, and the others are still
+    tried. The store defaults to the receiver's.
+
+    Exit status: 0 every record replayed (with --app: processed), 1 any was not.
     """
     if not keys and state is None:
         raise click.UsageError("give record KEYS or --state failed|dead|both")
-    hooks = _load_receiver(app_ref) if app_ref else None
-    url = store_url if store_url or hooks is None else None
-    results: list[dict[str, Any]] = []
-    with _open(url) if hooks is None or url else _borrow(hooks.store) as store:
+    if keys and state is not None:
+        raise click.UsageError("give record KEYS or --state, not both")
+    hooks = load_receiver(app_ref) if app_ref else None
+    if hooks is not None:
+        one_line_logs()  # a handler that fails again is one outcome line, not a traceback
+        if store_url:
+            hooks.store = open_writable(store_url)
+        store = hooks.store
+    else:
+        store = open_writable(_url(store_url))
+    try:
         if keys:
-            chosen = [_find(store, k) for k in keys]
+            chosen = [_find(store, k).key for k in keys]
         else:
-            wanted = ["failed", "dead"] if state == "both" else [str(state)]
-            chosen = [r for s in wanted for r in store.records(State(s), limit=100_000)]
-        for rec in chosen:
-            if rec.state not in (State.FAILED, State.DEAD):
-                results.append({"key": rec.key, "ok": False, "result": f"is {rec.state.value}"})
-            elif hooks is not None:
-                word = hooks.rerun(rec.key)  # the one replay path; failing again: dead
-                results.append({"key": rec.key, "ok": word == "processed", "result": word})
-            else:
-                done = store.replay(rec.key)
-                word = "pending" if done else "not replayable"
-                results.append({"key": rec.key, "ok": done, "result": word})
+            wanted = [State.FAILED, State.DEAD] if state == "both" else [State(str(state))]
+            chosen = [r.key for s in wanted for r in store.records(s, limit=_SCAN)]
+        if hooks is not None:
+            from gptimg_webhooks.replay import replay_now
+
+            results = [o.as_json() for o in replay_now(hooks, chosen)]
+        else:
+            results = [_requeue(store, key) for key in chosen]
+    finally:
+        if hooks is not None:
+            hooks.close()
+        else:
+            store.close()
     if as_json:
         print_json(results)
     else:
         for r in results:
             colour = "green" if r["ok"] else "red"
-            console.print(f"{r['key'][:12]} [{colour}]{r['result']}[/{colour}]")
-        console.print(f"{sum(r['ok'] for r in results)}/{len(results)} replayed")
-    sys.exit(EXIT_OK if results and all(r["ok"] for r in results) else EXIT_FAILED)
+            error = f"  {r['error']}" if r.get("error") and not r["ok"] else ""
+            console.print(f"{r['key'][:12]} [{colour}]{r['status']}[/{colour}]{error}")
+        if results:
+            console.print(f"{sum(r['ok'] for r in results)}/{len(results)} replayed")
+        else:
+            console.print("nothing to replay")
+    sys.exit(EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILED)
 
 
-@contextmanager
-def _borrow(store: Store) -> Iterator[Store]:
-    try:
-        yield store
-    except StoreUnavailable as exc:
-        raise Unavailable(f"store: {exc}") from exc
+def _requeue(store: Store, key: str) -> dict[str, Any]:
+    """Put one failed or dead record back to pending, for a worker."""
+    if store.replay(key):
+        return {"key": key, "status": "queued", "ok": True, "state": "pending"}
+    rec = store.get(key)
+    state = rec.state.value if rec is not None else None
+    return {"key": key, "status": "not_replayable", "ok": False, "state": state}
 
 
-def _seconds(text: str) -> float:
-    m = _DURATION.fullmatch(text.strip())
-    if not m:
-        raise click.BadParameter(f"not a duration: {text!r} (try 30d, 12h, 90m, 3600)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+def _prune(store: Store, age: float, *, include_failed: bool) -> int:
+    """Delete done records untouched for ``age`` seconds, and failed/dead ones if asked."""
+    removed = store.prune(age, (State.DONE,))
+    if include_failed:
+        removed += store.prune(age, (State.FAILED, State.DEAD))
+    return removed
+
+
+def _older(store: Store, states: list[State], before: float) -> list[Record]:
+    return [r for s in states for r in store.records(s, limit=_SCAN) if r.updated_at < before]
 
 
 @ledger.command()
@@ -257,19 +283,69 @@ def _seconds(text: str) -> float:
     "--older-than",
     default=f"{int(DEFAULT_RETENTION // 86400)}d",
     show_default=True,
-    help="Delete settled records untouched for this long (s, m, h, d, w).",
+    help=f"Delete records untouched for this long ({DURATION_HELP}).",
 )
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option(
+    "--include-failed",
+    is_flag=True,
+    help="Also delete failed and dead records (kept for replay); asks first unless --yes.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting failed records.")
 @json_option
-def prune(store_url: str | None, older_than: str, as_json: bool) -> None:
-    """Delete settled records (done, failed, dead) untouched for longer than --older-than.
+def prune(
+    store_url: str | None,
+    older_than: str,
+    dry_run: bool,
+    include_failed: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Delete done records untouched for longer than --older-than.
 
-    Pending and in-progress records are never pruned. The default is the receiver's
-    retention: replays of captured bodies stay recognised that long.
+    Failed and dead records keep their bodies for replay: they go only with
+    --include-failed, after a confirmation (or --yes), and each one deleted is listed.
+    Pending and in-progress records are never pruned. The default age is the
+    receiver's retention: replays of captured bodies stay recognised that long.
     """
-    age = _seconds(older_than)
-    with _open(store_url) as store:
-        removed = store.prune(age)
+    try:
+        age = parse_duration(older_than)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+    before = time.time() - age
+    with _closing(open_writable(_url(store_url))) as store:
+        done = _older(store, [State.DONE], before)
+        failed = _older(store, [State.FAILED, State.DEAD], before)
+        if dry_run:
+            would = {"done": len(done), "failed": len(failed) if include_failed else 0}
+            kept = 0 if include_failed else len(failed)
+            if as_json:
+                print_json({"dry_run": True, "would_remove": would, "failed_kept": kept})
+            else:
+                console.print(
+                    f"dry run: would remove {would['done']} done and {would['failed']} "
+                    f"failed/dead record(s) older than {older_than}"
+                    + (f"; {kept} failed/dead record(s) kept for replay" if kept else "")
+                )
+            return
+        if include_failed and failed:
+            for rec in failed:
+                err_console.print(
+                    f"will delete {rec.state.value} {rec.key[:12]} ({rec.event or '-'} "
+                    f"{rec.generation_id or '-'}): {rec.error or ''}",
+                    markup=False,
+                )
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise ConfigProblem(
+                        f"deleting {len(failed)} failed/dead record(s) needs a confirmation: "
+                        "pass --yes"
+                    )
+                click.confirm(
+                    f"Delete {len(failed)} failed/dead record(s) kept for replay?", abort=True
+                )
+        removed = _prune(store, age, include_failed=include_failed)
     if as_json:
-        print_json({"removed": removed})
+        print_json({"removed": removed, "failed_removed": len(failed) if include_failed else 0})
     else:
         console.print(f"removed {removed} record(s) older than {older_than}")

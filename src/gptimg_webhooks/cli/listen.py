@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import json
+import logging
 from contextvars import ContextVar
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from gptimg_webhooks._core.events import Event
 from gptimg_webhooks._core.handlers import Delivery
 from gptimg_webhooks._core.receiver import Webhooks
 from gptimg_webhooks.asgi import WebhookApp
-from gptimg_webhooks.cli._common import console, json_option, secret_env_option, secrets_from_env
+from gptimg_webhooks.cli._common import (
+    console,
+    json_option,
+    one_line_logs,
+    secret_env_option,
+    secrets_from_env,
+)
 from gptimg_webhooks.cli._server import pick_port, serve
 
 __all__ = ["listen"]
 
-#: The raw request being handled: (headers, body chunks), for relaying it unchanged.
-_request: ContextVar[tuple[list[tuple[bytes, bytes]], list[bytes]]] = ContextVar("request")
+#: The raw request being handled: (headers, body chunks, notes), for relaying it
+#: unchanged and for saying on its answer line why a relay failed.
+_request: ContextVar[tuple[list[tuple[bytes, bytes]], list[bytes], dict[str, str]]] = ContextVar(
+    "request"
+)
 _HOP_BY_HOP = {b"host", b"content-length", b"connection", b"transfer-encoding", b"keep-alive"}
 
 
@@ -37,7 +48,8 @@ class Listener:
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
-        _request.set((list(scope["headers"]), chunks))
+        notes: dict[str, str] = {}
+        _request.set((list(scope["headers"]), chunks, notes))
         answer: dict[str, Any] = {}
 
         async def recording_receive() -> Any:
@@ -54,9 +66,9 @@ class Listener:
             await send(message)
 
         await self.app(scope, recording_receive, recording_send)
-        self._log_answer(scope, answer.get("status", 500), answer.get("body", b""))
+        self._log_answer(scope, answer.get("status", 500), answer.get("body", b""), notes)
 
-    def _log_answer(self, scope: Any, status: int, body: bytes) -> None:
+    def _log_answer(self, scope: Any, status: int, body: bytes, notes: dict[str, str]) -> None:
         try:
             data = json.loads(body)
         except ValueError:
@@ -70,9 +82,11 @@ class Listener:
             click.echo(json.dumps(line))
             return
         colour = "green" if status < 300 else "yellow" if status == 409 else "red"
+        why = data.get("message") if status >= 400 and "forward" not in notes else None
+        reason = notes.get("forward") or why
         console.print(
             f"{scope['method']} {scope['path']} [{colour}]{status} {word}[/{colour}] "
-            f"(delivery {delivery})"
+            f"(delivery {delivery})" + (f": {escape(reason)}" if reason else ""),
         )
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
@@ -105,7 +119,7 @@ class Listener:
     async def _forward(self) -> None:
         import httpx
 
-        headers, chunks = _request.get()
+        headers, chunks, notes = _request.get()
         relayed = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in headers
@@ -118,11 +132,17 @@ class Listener:
                     self.forward_to, content=b"".join(chunks), headers=relayed
                 )
         except httpx.HTTPError as exc:
-            self._say(f"forward to {self.forward_to} failed: {exc!r}", ok=False)
-            raise RuntimeError(f"forward failed: {exc!r}") from exc
+            text = f"forward to {self.forward_to} failed: {type(exc).__name__}: {exc}"
+            notes["forward"] = text
+            if self.as_json:
+                self._say(text, ok=False)
+            raise RuntimeError(text) from None
         ok = 200 <= response.status_code < 300
-        self._say(f"forwarded to {self.forward_to}: {response.status_code}", ok=ok)
+        text = f"forwarded to {self.forward_to}: {response.status_code}"
+        if ok or self.as_json:
+            self._say(text, ok=ok)
         if not ok:
+            notes["forward"] = text
             # Fail the delivery so the sender retries, as it would against the app itself.
             raise RuntimeError(f"{self.forward_to} answered {response.status_code}")
 
@@ -169,6 +189,9 @@ def listen(
     makes the delivery fail here too, so the sender retries. With --json, one JSON
     object per line (``type``: ``event``, ``answer``, ``forward``).
     """
+    # Each answer gets one line of its own below; the library's log would repeat every
+    # rejection and add a chained traceback for each failed relay.
+    one_line_logs(logging.CRITICAL)
     secrets = secrets_from_env(secret_env)
     hooks = Webhooks(secrets, store=store_url, path=path, include_shared=False)
     listener = Listener(hooks, forward_to, as_json)

@@ -16,6 +16,7 @@ from gptimg_webhooks.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
     console,
+    err_console,
     json_option,
     print_json,
     secret_env_option,
@@ -110,6 +111,15 @@ class _Display:
         return table
 
 
+def _hint_401(secret_env: str, retried: bool) -> str:
+    what = "" if retried else " Not retried: a retry cannot fix it (--retry-401 retries anyway)."
+    return (
+        f"401 invalid_signature: the receiver refused the signature, so the secret in "
+        f"{secret_env} is not the one the receiver is configured with (check both, quotes "
+        "and whitespace included; `gptimg-webhooks verify` explains a captured request)." + what
+    )
+
+
 def _summary(reports: list[Report], simulator: Simulator) -> Table:
     table = Table(title="summary")
     for name in ("delivery", "outcome", "attempts", "answers", "took (simulated)"):
@@ -173,6 +183,19 @@ def _summary(reports: list[Report], simulator: Simulator) -> Table:
     show_default=True,
     help="Seconds per attempt (real time, never scaled).",
 )
+@click.option(
+    "--attempts",
+    default=len(Policy().retry_delays) + 1,
+    show_default=True,
+    type=click.IntRange(1, len(Policy().retry_delays) + 1),
+    help="Attempts per delivery: 1 sends once; the provider makes 4.",
+)
+@click.option(
+    "--retry-401",
+    is_flag=True,
+    help="Retry after a 401 too, as the provider does (by default a 401 stops: no retry "
+    "fixes a secret mismatch).",
+)
 @secret_env_option()
 @json_option
 def send(
@@ -186,6 +209,8 @@ def send(
     concurrency: int,
     time_scale: float,
     timeout: float,
+    attempts: int,
+    retry_401: bool,
     secret_env: str,
     as_json: bool,
 ) -> None:
@@ -193,6 +218,8 @@ def send(
 
     Each attempt has a timeout; any non-2xx or timeout is retried after 30 s, 2 min and
     10 min (divided by --time-scale); 8 consecutive failed attempts disable the endpoint.
+    --attempts 1 sends once. A 401 (the secrets differ) stops the retries at once, with
+    a hint, unless --retry-401.
 
     Exit status: 0 all delivered, 1 some not delivered, 2 usage, 3 endpoint disabled.
     """
@@ -218,7 +245,11 @@ def send(
     simulator = Simulator(
         url,
         secret,
-        policy=Policy(timeout=timeout),
+        policy=Policy(
+            timeout=timeout,
+            retry_delays=Policy().retry_delays[: attempts - 1],
+            stop_on=() if retry_401 else (401,),
+        ),
         clock=clock,
         observer=None if as_json else display,
     )
@@ -241,10 +272,13 @@ def send(
         reports = asyncio.run(run())
     simulator.close()
 
+    refused = any(a.status == 401 for r in reports for a in r.attempts)
+    hint = _hint_401(secret_env, retry_401) if refused else None
     if as_json:
         print_json(
             {
                 "url": url,
+                "hint": hint,
                 "delivered": all(r.delivered for r in reports),
                 "disabled": simulator.disabled,
                 "consecutive_failures": simulator.consecutive_failures,
@@ -259,6 +293,8 @@ def send(
                 "consecutive failed attempts: the provider would stop sending until it is "
                 "re-enabled in its dashboard"
             )
+        if hint:
+            err_console.print(f"[yellow]hint[/yellow]: {hint}")
     if simulator.disabled:
         sys.exit(EXIT_DISABLED)
     sys.exit(EXIT_OK if all(r.delivered for r in reports) else EXIT_FAILED)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from gptimg_webhooks._core.signature import sign as sign_body
 from gptimg_webhooks.cli._common import (
@@ -88,7 +89,10 @@ def verify(
     compressed body, whitespace or quotes around the secret, a base64-decoded key,
     a 'sha256=' prefix, or the wrong secret. An uppercase signature is only a warning.
 
-    Exit status: 0 valid, 1 invalid, 2 usage.
+    Says what the library's receiver would answer the request as a new delivery.
+
+    Exit status: 0 the receiver would answer 2xx, 1 it would not (an invalid signature,
+    or a valid one with bad headers or body), 2 usage.
     """
     raw = _read(body)
     headers: list[tuple[str, str]] = []
@@ -107,14 +111,33 @@ def verify(
     if as_json:
         print_json(result.as_json())
     else:
-        if result.valid:
+        answer = result.answer
+        said = (
+            f"{answer.status} {answer.code}"
+            if answer is not None
+            else "nothing: it would refuse to start with this secret"
+        )
+        if result.accepted:
             assert result.matched is not None
             index, sid = result.matched
-            console.print(f"[green]valid[/green]: signed with secret #{index} ({sid})")
+            console.print(
+                f"[green]valid[/green]: signed with secret #{index} ({sid}); the library "
+                f"would answer {said}"
+            )
+        elif result.valid:
+            assert result.matched is not None
+            index, sid = result.matched
+            why = f": {escape(answer.message)}" if answer is not None else ""
+            console.print(
+                f"[red]refused[/red]: the signature is valid (secret #{index}, {sid}), but "
+                f"the library would answer {said}{why}"
+            )
+            for cause in result.causes:  # a configured secret the receiver refuses
+                console.print(f"  [bold]cause[/bold] {cause.code}: {cause.message}")
         else:
-            console.print("[red]invalid[/red]: the library would answer 401")
+            console.print(f"[red]invalid[/red]: the library would answer {said}")
             for cause in result.causes:
                 console.print(f"  [bold]cause[/bold] {cause.code}: {cause.message}")
         for warning in result.warnings:
             console.print(f"  [yellow]warning[/yellow] {warning.code}: {warning.message}")
-    sys.exit(EXIT_OK if result.valid else EXIT_FAILED)
+    sys.exit(EXIT_OK if result.accepted else EXIT_FAILED)

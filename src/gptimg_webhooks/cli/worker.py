@@ -3,47 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import signal
-import sys
-from typing import Any
 
 import click
 
 from gptimg_webhooks._core.errors import StoreUnavailable, WebhookError
-from gptimg_webhooks._core.receiver import Webhooks
+from gptimg_webhooks.cli._common import Unavailable, exit_for, load_receiver, open_writable
 
-__all__ = ["load_receiver", "worker"]
-
-
-def load_receiver(ref: str) -> Webhooks:
-    """Import ``module:attribute`` and return the :class:`Webhooks` it names.
-
-    The attribute may also be an adapter that holds one (``.receiver``), or a function
-    that returns one.
-    """
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
-        raise click.BadParameter(f"expected module:attribute, got {ref!r}", param_hint="--app")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like uvicorn: the app lives beside you
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise click.BadParameter(f"cannot load {ref!r}: {exc}", param_hint="--app") from exc
-    if not isinstance(target, Webhooks) and callable(target) and not hasattr(target, "receiver"):
-        target = target()
-    target = getattr(target, "receiver", target)
-    if not isinstance(target, Webhooks):
-        raise click.BadParameter(
-            f"{ref!r} is a {type(target).__name__}, not a gptimg_webhooks.Webhooks receiver",
-            param_hint="--app",
-        )
-    return target
+__all__ = ["worker"]
 
 
 @click.command()
@@ -115,7 +84,6 @@ def worker(
     leasing and lets the runs under way finish; a second signal exits at once (the
     leases then expire and another worker takes the records over).
     """
-    from gptimg_webhooks.stores import open_store
     from gptimg_webhooks.worker import Backoff, Worker
 
     logging.basicConfig(
@@ -124,7 +92,7 @@ def worker(
     receiver = load_receiver(app_ref)
     try:
         if store_url:
-            receiver.store = open_store(store_url)
+            receiver.store = open_writable(store_url)
         runner = Worker(
             receiver,
             concurrency=concurrency,
@@ -133,7 +101,8 @@ def worker(
             poll_interval=poll_interval,
         )
     except WebhookError as exc:
-        raise click.ClickException(str(exc)) from exc
+        receiver.close()
+        raise exit_for(exc) from exc
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -152,7 +121,9 @@ def worker(
     try:
         runs = asyncio.run(main())
     except StoreUnavailable as exc:
-        raise click.ClickException(f"ledger unavailable: {exc}") from exc
+        raise Unavailable(f"ledger store unavailable: {exc}") from exc
+    except NotImplementedError as exc:  # a store without workers (lease_pending)
+        raise Unavailable(str(exc)) from exc
     finally:
         receiver.close()
     click.echo(f"worker {os.getpid()}: stopped after {runs} run(s)", err=True)

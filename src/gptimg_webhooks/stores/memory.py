@@ -117,13 +117,8 @@ class MemoryStore(Store):
     @classmethod
     def from_url(cls, url: str, *, create: bool = True) -> MemoryStore:
         query = parse_qs(urlsplit(url).query)
-        raw = query.get("max_records", ["100000"])[0]
-        try:
-            return cls(max_records=int(raw))
-        except ValueError:
-            raise ConfigurationError(
-                f"memory:// max_records must be a whole number, not {raw!r}"
-            ) from None
+        # A bad value raises ValueError; open_store names the URL in its ConfigurationError.
+        return cls(max_records=int(query.get("max_records", ["100000"])[0]))
 
     def apply(
         self,

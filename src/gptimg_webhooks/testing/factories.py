@@ -8,8 +8,10 @@
     sample.event.data.outputs[0].width   # 1536 (the typed model)
     sample.body                           # the exact bytes the provider would sign
 
-Every call makes a fresh generation id unless one is given, so two samples are two
-distinct deliveries (the ledger deduplicates on the body).
+Every call makes a fresh generation id unless one is given, and a fresh ``createdAt``
+(millisecond precision, never the same twice in a process), so two samples are two
+distinct deliveries even with the same generation id (the ledger deduplicates on the
+body).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import json
 import secrets
 import string
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
@@ -41,6 +45,24 @@ _UNSET: Any = object()
 def wire_json(payload: Any) -> bytes:
     """Serialise like the provider (``JSON.stringify``): compact, UTF-8, no escaping."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_created_lock = threading.Lock()
+_last_created_ms = 0
+
+
+def _fresh_created() -> datetime:
+    """Return a creation time 5 s ago, in whole milliseconds, later than any before it.
+
+    The wire carries milliseconds; a clock read alone repeats within one, and two
+    samples with the same generation id would then be byte-identical: one delivery.
+    """
+    global _last_created_ms  # noqa: PLW0603 - one monotonic sequence per process
+    with _created_lock:
+        ms = max(time.time_ns() // 1_000_000 - 5000, _last_created_ms + 1)
+        _last_created_ms = ms
+    # Whole seconds plus exact milliseconds: a float division could round down a millisecond.
+    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc) + timedelta(milliseconds=ms % 1000)
 
 
 def _stamp(value: datetime | str) -> str:
@@ -100,9 +122,7 @@ class EventFactory:
     ) -> dict[str, Any]:
         """Return a generation object as the wire carries it (camelCase keys)."""
         gid = generation_id or self.generation_id()
-        created = created_at or datetime.now(timezone.utc).replace(microsecond=0) - timedelta(
-            seconds=5
-        )
+        created = created_at or _fresh_created()
         data: dict[str, Any] = {"generationId": gid, "type": type, "status": status}
         if outputs is _UNSET:
             outputs = (

@@ -47,6 +47,9 @@ class Policy:
     timeout: float = 5.0
     retry_delays: tuple[float, ...] = (30.0, 120.0, 600.0)
     disable_after: int = 8
+    #: Answers after which no retry is made (the provider retries every non-2xx; the
+    #: ``send`` command stops after a 401, which no retry can fix).
+    stop_on: tuple[int, ...] = ()
 
 
 class Clock:
@@ -224,6 +227,9 @@ class Simulator:
                 break
             if self.disabled:
                 report.outcome = "disabled"
+                break
+            if attempt.status in self.policy.stop_on:
+                report.outcome = "failed"
                 break
         else:
             report.outcome = "failed"

@@ -7,27 +7,33 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gptimg_webhooks._core.errors import WebhookError
+from gptimg_webhooks._core.durations import DURATION_HELP, parse_duration
+from gptimg_webhooks._core.errors import ConfigurationError, WebhookError
 from gptimg_webhooks.django.conf import receiver
 
 
 class Command(BaseCommand):
     help = (
         "Delete done, failed and dead ledger records not touched for the retention period "
-        "(GPTIMG_WEBHOOKS['RETENTION'], default 30 days) or --older-than DAYS. In-progress "
+        "(GPTIMG_WEBHOOKS['RETENTION'], default 30 days) or --older-than AGE. In-progress "
         "and pending records are never pruned. The receiver also prunes once an hour."
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--older-than", type=float, metavar="DAYS", help="age in days")
+        parser.add_argument(
+            "--older-than",
+            metavar="AGE",
+            help=f"age, as the gptimg-webhooks command takes it: {DURATION_HELP}",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             hooks = receiver()
-            days = options["older_than"]
-            age = hooks.retention if days is None else days * 86400.0
-            if age < 0:
-                raise CommandError("--older-than must not be negative")
+            given = options["older_than"]
+            try:
+                age = hooks.retention if given is None else parse_duration(given)
+            except ConfigurationError as exc:
+                raise CommandError(f"--older-than: {exc}") from exc
             count = hooks.store.prune(age)
         except WebhookError as exc:
             raise CommandError(str(exc)) from exc
