@@ -3,9 +3,11 @@
 Configured by the environment the tests set: ``GPTIMG_ENGINE`` (celery, django_tasks,
 procrastinate), ``GPTIMG_WEBHOOK_SECRET``, ``GPTIMG_TEST_REDIS`` (ledger, effects and
 Celery's broker), ``GPTIMG_TEST_PREFIX`` (keys of this run), ``GPTIMG_TEST_PG_DSN``
-(procrastinate's database). Handlers push the generation id to a Redis list, so an
-effect that ran twice shows up twice. ``kill*`` generations SIGKILL their task process
-on the first attempt; ``fail*`` generations raise until the ``heal`` key exists.
+(procrastinate's database), ``GPTIMG_TEST_LEDGER`` (the ledger, default Redis; for
+procrastinate, the PostgreSQL ledger in its database). Handlers push the generation id
+to a Redis list, so an effect that ran twice shows up twice. ``kill*`` generations
+SIGKILL their task process on the first attempt; ``fail*`` generations raise until the
+``heal`` key exists.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ else:  # pragma: no cover - a typo in a test
     raise RuntimeError(f"unknown engine {ENGINE!r}")
 
 hooks = Webhooks(
-    store=f"{REDIS}?prefix={PREFIX}",
+    store=os.environ.get("GPTIMG_TEST_LEDGER") or f"{REDIS}?prefix={PREFIX}",
     mode="deferred",
     dispatcher=dispatcher,
     lease=3.0,

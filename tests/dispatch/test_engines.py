@@ -25,6 +25,7 @@ import httpx
 import pytest
 import redis
 
+from gptimg_webhooks.stores import Store, open_store
 from gptimg_webhooks.testing import events, random_secret, signed
 from gptimg_webhooks.testing.deliveries import SignedDelivery
 from tests.support.servers import BIN, ROOT, free_port, running, uvicorn_argv
@@ -66,6 +67,7 @@ class Stack:
         self.worker: subprocess.Popen[bytes] | None = None
         self.worker_log = self.tmp / "worker.log"
         self.restarts = 0
+        self._ledger: Store | None = None
         stack.callback(self._cleanup)
 
     # Engine set-up ----------------------------------------------------------------
@@ -80,6 +82,9 @@ class Stack:
                 conn.execute(f'CREATE DATABASE "{database}"')
             stack.callback(self._drop_database, dsn, database)
             self.env["GPTIMG_TEST_PG_DSN"] = dsn.rsplit("/", 1)[0] + "/" + database
+            # The PostgreSQL ledger, in procrastinate's database: a job and its record
+            # commit in one transaction.
+            self.env["GPTIMG_TEST_LEDGER"] = self.env["GPTIMG_TEST_PG_DSN"] + "?table=t_ledger"
             self._run([str(BIN / "procrastinate"), "--app", self.app_path, "schema", "--apply"])
         elif self.engine == "django_tasks":
             self.env["DJANGO_SETTINGS_MODULE"] = "tests.dispatch.dj_settings"
@@ -164,6 +169,8 @@ class Stack:
             self.start_worker()
 
     def _cleanup(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
         if self.worker is not None and self.worker.poll() is None:
             self.worker.terminate()
             try:
@@ -182,12 +189,22 @@ class Stack:
         raw = self.redis.lrange(f"{self.prefix}effects", 0, -1)
         return Counter(value.decode() for value in raw)
 
+    @property
+    def ledger(self) -> Store:
+        if self._ledger is None:
+            url = self.env.get("GPTIMG_TEST_LEDGER") or f"{self.env['GPTIMG_TEST_REDIS']}"
+            if "GPTIMG_TEST_LEDGER" not in self.env:
+                url += f"?prefix={self.prefix}"
+            self._ledger = open_store(url)
+        return self._ledger
+
     def state(self, key: str) -> str | None:
-        raw = self.redis.hget(f"{self.prefix}d:{key}", "state")
-        return raw.decode() if raw is not None else None
+        record = self.ledger.get(key)
+        return record.state.value if record is not None else None
 
     def attempts(self, key: str) -> int:
-        return int(self.redis.hget(f"{self.prefix}d:{key}", "attempts") or 0)
+        record = self.ledger.get(key)
+        return record.attempts if record is not None else 0
 
     def wait_for(self, check: Any, what: str, timeout: float = WAIT) -> None:
         deadline = time.monotonic() + timeout

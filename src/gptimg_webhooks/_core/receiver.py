@@ -122,6 +122,10 @@ class Dispatch(Protocol):
     async def adispatch(self, key: str, *, delay: float = 0.0) -> None:
         """Async twin of :meth:`dispatch`."""
 
+    # Optional: ``dispatch_in_transaction(tx, key)`` and ``adispatch_in_transaction``,
+    # called inside a transactional ledger's transaction (``tx``: what it yields) so the
+    # pointer commits with the record (see :meth:`Webhooks._enqueue`).
+
 
 def _seconds(value: float | timedelta | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
@@ -498,13 +502,11 @@ class Webhooks:
         try:
             try:
                 if self.deferred:
-                    claim = self.store.enqueue(verified.entry)
+                    claim = self._enqueue(verified.entry)
                 else:
                     claim = self.store.claim(verified.entry, lease=self.lease)
             except Exception as exc:  # a store's bug fails closed like an outage
                 return self._store_down(verified, _as_outage(exc))
-            if claim.queued and self.dispatcher is not None:
-                self.send_pointer(verified.entry.key)
             if claim.status is not ClaimStatus.CLAIMED:
                 return self._unclaimed(claim, verified)
             delivery = self._delivery(verified, claim.attempt)
@@ -652,13 +654,11 @@ class Webhooks:
         try:
             try:
                 if self.deferred:
-                    claim = await store.aenqueue(verified.entry)
+                    claim = await self._aenqueue(verified.entry)
                 else:
                     claim = await store.aclaim(verified.entry, lease=self.lease)
             except Exception as exc:  # a store's bug fails closed like an outage
                 return await asyncio.to_thread(self._store_down, verified, _as_outage(exc))
-            if claim.queued and self.dispatcher is not None:
-                await self.asend_pointer(verified.entry.key)
             if claim.status is not ClaimStatus.CLAIMED:
                 answer = _claim_answer(claim, self.deferred)
                 if answer is not None:
@@ -856,6 +856,43 @@ class Webhooks:
         return outcomes
 
     # Task queues: pointers --------------------------------------------------------------
+
+    def _enqueue(self, entry: Entry) -> Claim:
+        """Queue a delivery and hand its pointer to the dispatcher, if any.
+
+        A dispatcher with ``dispatch_in_transaction(tx, key)`` on a transactional ledger
+        defers its pointer in the ledger's own transaction: both commit, or neither.
+        Otherwise the pointer is sent after the commit (a lost one is the sweep's).
+        """
+        dispatcher = self.dispatcher
+        joins = getattr(dispatcher, "dispatch_in_transaction", None)
+        if joins is None or not self.store.transactional:
+            claim = self.store.enqueue(entry)
+            if claim.queued and dispatcher is not None:
+                self.send_pointer(entry.key)
+            return claim
+        with self.store.transaction() as tx:
+            claim = self.store.enqueue(entry)
+            if claim.queued:
+                joins(tx, entry.key)
+        return claim
+
+    async def _aenqueue(self, entry: Entry) -> Claim:
+        """Async twin of :meth:`_enqueue`."""
+        store, dispatcher = self.store, self.dispatcher
+        joins = getattr(dispatcher, "adispatch_in_transaction", None)
+        if joins is None or not (store.transactional and store.async_transactions):
+            if joins is not None and store.transactional:
+                return await asyncio.to_thread(self._enqueue, entry)
+            claim = await store.aenqueue(entry)
+            if claim.queued and dispatcher is not None:
+                await self.asend_pointer(entry.key)
+            return claim
+        async with store.atransaction() as tx:
+            claim = await store.aenqueue(entry)
+            if claim.queued:
+                await joins(tx, entry.key)
+        return claim
 
     def send_pointer(self, key: str, delay: float = 0.0) -> bool:
         """Hand the dispatcher a pointer; a lost one is the sweep's (:meth:`redispatch`)."""

@@ -11,7 +11,9 @@
     # procrastinate --app=myapp.hooks.app worker              runs the pointers
 
 The receiver's process must open the app (``app.open()``, or ``app.open_async()`` in an
-ASGI lifespan) before the first delivery. The job carries the ledger key only.
+ASGI lifespan) before the first delivery. The job carries the ledger key only. With the
+PostgreSQL ledger in the same database, the job is deferred in the ledger's own
+transaction: the record and its job commit together, so no pointer can be lost.
 """
 
 from __future__ import annotations
@@ -86,6 +88,26 @@ class ProcrastinateDispatcher(PointerDispatcher):
             return
         self._configured(delay).defer(key=key)
 
+    def dispatch_in_transaction(self, tx: Any, key: str) -> None:
+        """Defer the job on the ledger's own connection: it commits with the record.
+
+        Called by the receiver inside a PostgreSQL ledger's transaction (the ledger and
+        procrastinate's tables share one database), so no pointer can be lost.
+        """
+        if not _psycopg_connection(tx):
+            self.dispatch(key)
+            return
+        job = self.task.configure().make_new_job(key=key)
+        self.app.job_manager.defer_job(job, connection=tx)
+
+    async def adispatch_in_transaction(self, tx: Any, key: str) -> None:
+        """Async twin of :meth:`dispatch_in_transaction` (an ``AsyncConnection``)."""
+        if not _psycopg_connection(tx):
+            await self.adispatch(key)
+            return
+        job = self.task.configure().make_new_job(key=key)
+        await self.app.job_manager.defer_job_async(job, connection=tx)
+
     async def adispatch(self, key: str, *, delay: float = 0.0) -> None:
         from procrastinate.exceptions import AppNotOpen
 
@@ -93,3 +115,9 @@ class ProcrastinateDispatcher(PointerDispatcher):
             await self._configured(delay).defer_async(key=key)
         except AppNotOpen:  # opened for sync use (app.open()): defer in a thread
             await asyncio.to_thread(self._configured(delay).defer, key=key)
+
+
+def _psycopg_connection(tx: Any) -> bool:
+    """Tell whether the ledger's transaction is a psycopg connection (the PostgreSQL store)."""
+    module = type(tx).__module__
+    return module.startswith("psycopg")
