@@ -89,6 +89,6 @@ class CeleryDispatcher(PointerDispatcher):
         if self._django_ledger():
             from django.db import transaction
 
-            transaction.on_commit(send)
+            transaction.on_commit(send, using=getattr(self.hooks.store, "alias", None))
         else:
             send()
