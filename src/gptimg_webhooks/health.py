@@ -102,16 +102,23 @@ async def acheck(
     return _judge(hooks, stats, max_pending_age, max_streak)
 
 
+HooksRef = Webhooks | Callable[[], Webhooks]
+
+
+def _resolve(hooks: HooksRef) -> Webhooks:
+    return hooks if isinstance(hooks, Webhooks) else hooks()
+
+
 class HealthApp:
     """An ASGI app answering every HTTP request with the health check."""
 
-    def __init__(self, hooks: Webhooks, **options: Any) -> None:
+    def __init__(self, hooks: HooksRef, **options: Any) -> None:
         self.hooks, self.options = hooks, options
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        status, body = await acheck(self.hooks, **self.options)
+        status, body = await acheck(_resolve(self.hooks), **self.options)
         payload = json.dumps(body).encode()
         await send(
             {
@@ -126,30 +133,33 @@ class HealthApp:
         await send({"type": "http.response.body", "body": payload})
 
 
-def asgi_app(hooks: Webhooks, **options: Any) -> HealthApp:
-    """Return an ASGI app for the health check (``Route("/healthz", asgi_app(hooks))``)."""
+def asgi_app(hooks: HooksRef, **options: Any) -> HealthApp:
+    """Return an ASGI app for the health check (``Route("/healthz", asgi_app(hooks))``).
+
+    ``hooks`` may be a function returning the receiver (built on first request).
+    """
     return HealthApp(hooks, **options)
 
 
-def flask_view(hooks: Webhooks, **options: Any) -> Callable[[], Any]:
+def flask_view(hooks: HooksRef, **options: Any) -> Callable[[], Any]:
     """Return a Flask view function for the health check."""
 
     def healthz() -> Any:
         from flask import jsonify
 
-        status, body = check(hooks, **options)
+        status, body = check(_resolve(hooks), **options)
         return jsonify(body), status
 
     return healthz
 
 
-def django_view(hooks: Webhooks, **options: Any) -> Callable[[Any], Any]:
-    """Return a Django view for the health check."""
+def django_view(hooks: HooksRef, **options: Any) -> Callable[[Any], Any]:
+    """Return a Django view for the health check (``hooks`` may be a function: lazy)."""
 
     def healthz(request: Any) -> Any:
         from django.http import JsonResponse
 
-        status, body = check(hooks, **options)
+        status, body = check(_resolve(hooks), **options)
         return JsonResponse(body, status=status)
 
     return healthz

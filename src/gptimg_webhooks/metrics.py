@@ -104,17 +104,20 @@ class PrometheusObserver(Observer):
 
 
 class LedgerCollector(Collector):
-    """Read the ledger's gauges when Prometheus scrapes (one ``stats()`` query)."""
+    """Read the ledger's gauges when Prometheus scrapes (one ``stats()`` query).
 
-    def __init__(self, hooks: Webhooks) -> None:
+    ``hooks`` may be a function returning the receiver (Django builds it on first use).
+    """
+
+    def __init__(self, hooks: Webhooks | Callable[[], Webhooks]) -> None:
         self.hooks = hooks
 
     def collect(self) -> Iterator[Metric]:
-        hooks = self.hooks
         up = GaugeMetricFamily(
             "gptimg_webhooks_ledger_up", "1 when this scrape could read the ledger."
         )
         try:
+            hooks = self.hooks if isinstance(self.hooks, Webhooks) else self.hooks()
             stats = hooks.store.stats([hooks.guard_counter])
         except Exception as exc:  # a scrape reports the ledger down, never fails
             logger.warning("metrics: cannot read the ledger (%s)", exc)
