@@ -61,6 +61,11 @@ def test_public_names_are_exactly_all() -> None:
         "client",
         "replay",
         "fastapi",
+        "dispatch",
+        "metrics",
+        "tracing",
+        "health",
+        "observe",
     }
     assert public - submodules == set(gptimg_webhooks.__all__) - {"__version__"}
 

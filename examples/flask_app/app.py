@@ -13,14 +13,23 @@ from pathlib import Path
 
 from flask import Flask, Response, jsonify
 
-from gptimg_webhooks import Delivery, GenerationFailed, GenerationSucceeded
+from examples.ops import engine, observe
+from gptimg_webhooks import Delivery, GenerationFailed, GenerationSucceeded, Webhooks, health
 from gptimg_webhooks.flask import GptimgWebhooks
+from gptimg_webhooks.metrics import render
 from gptimg_webhooks.testing import Gallery, render_gallery
 from gptimg_webhooks.testing.gallery import demo_plan
 
 DATA_DIR = os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or Path(__file__).parent / "data"
 gallery = Gallery(DATA_DIR)  # SQLite: every worker process sees the same rows
 webhooks = GptimgWebhooks()
+# Inline, or deferred on the engine GPTIMG_EXAMPLE_ENGINE names (engine_app: its worker's).
+options, engine_app = engine("examples.flask_app.app:receiver")
+
+
+def receiver() -> Webhooks:
+    """The app's receiver (what the engine's worker runs)."""
+    return webhooks.receiver
 
 
 @webhooks.on("generation.succeeded", "generation.failed")
@@ -36,7 +45,15 @@ def record(event: GenerationSucceeded | GenerationFailed, delivery: Delivery) ->
 def create_app() -> Flask:
     """Build the app; GPTIMG_WEBHOOK_SECRET and GPTIMG_WEBHOOK_STORE come from the environment."""
     app = Flask(__name__)
+    app.config["GPTIMG_WEBHOOK_OPTIONS"] = options
     webhooks.init_app(app)
+    receiver = observe(webhooks.receiver)
+    app.add_url_rule("/healthz", view_func=health.flask_view(receiver))
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, content_type = render()
+        return Response(body, content_type=content_type)
 
     @app.get("/")
     def index() -> Response:

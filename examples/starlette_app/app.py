@@ -15,11 +15,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from examples.ops import engine, observe, starlette_ops
 from gptimg_webhooks import Webhooks
 from gptimg_webhooks.testing import Gallery
 from gptimg_webhooks.testing.demo_app import create_app
 
 DATA_DIR = os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or Path(__file__).parent / "data"
 gallery = Gallery(DATA_DIR)
-hooks = Webhooks()  # GPTIMG_WEBHOOK_SECRET and GPTIMG_WEBHOOK_STORE from the environment
+# Inline, or deferred on the engine GPTIMG_EXAMPLE_ENGINE names (engine_app: its worker's).
+options, engine_app = engine("examples.starlette_app.app:hooks")
+# GPTIMG_WEBHOOK_SECRET and GPTIMG_WEBHOOK_STORE from the environment.
+hooks = observe(Webhooks(**options))
 app = create_app(hooks, gallery)
+starlette_ops(app, hooks)  # GET /metrics, GET /healthz

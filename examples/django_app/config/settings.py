@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gptimg_webhooks.metrics import PrometheusObserver
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or BASE_DIR / "data")
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -71,7 +73,21 @@ DATABASES = {
 GPTIMG_WEBHOOKS = {
     "SECRET": os.environ.get("GPTIMG_WEBHOOK_SECRET"),
     "STORE": os.environ.get("GPTIMG_WEBHOOK_STORE") or "django://",
+    # Prometheus counters (served at /metrics, see config/urls.py).
+    "OBSERVERS": [PrometheusObserver()],
 }
+# Deferred on a task engine (GPTIMG_EXAMPLE_ENGINE; examples/README.md): MODE, DISPATCHER.
+if os.environ.get("GPTIMG_EXAMPLE_ENGINE"):
+    if os.environ["GPTIMG_EXAMPLE_ENGINE"] == "django-tasks":
+        INSTALLED_APPS += ["django_tasks", "django_tasks_db"]
+        TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    import sys
+
+    sys.path.append(str(BASE_DIR.parent.parent))  # the examples' shared examples/ops.py
+    from examples.ops import engine
+
+    _options, engine_app = engine("gptimg_webhooks.django.conf:receiver")
+    GPTIMG_WEBHOOKS |= {key.upper(): value for key, value in _options.items()}
 
 LOGGING = {
     "version": 1,

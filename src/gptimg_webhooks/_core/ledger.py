@@ -58,6 +58,7 @@ __all__ = [
     "Record",
     "Source",
     "State",
+    "Stats",
     "Store",
     "Transition",
     "claim_status",
@@ -210,6 +211,8 @@ class Entry:
     event: str | None
     generation_id: str | None
     body: bytes
+    #: W3C trace context of the receiving span, for a runner's span to link to.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,8 @@ class Claim:
     status: ClaimStatus
     attempt: int = 0
     token: str = ""
+    #: This enqueue created the pending record (not a duplicate of a queued one).
+    queued: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +243,8 @@ class Record:
     lease_until: float | None = None
     #: A pending record is not leased before this time (retry backoff); None: at once.
     available_at: float | None = None
+    #: The receiving span's W3C trace context, when the store keeps it (else None).
+    traceparent: str | None = None
 
     #: The column order :meth:`from_row` reads, for SQL stores.
     COLUMNS: ClassVar[str] = (
@@ -259,6 +266,28 @@ class Record:
             bytes(body) if body is not None else None,
             *rest,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """What an operator alerts on, read from the ledger at one moment.
+
+    ``oldest_pending_age`` is in seconds by the store's clock (None: nothing pending);
+    ``streaks`` maps counter names to their value (a counter a store cannot read is
+    left out). ``exact`` is False when a count was capped by the generic fallback.
+    """
+
+    pending: int
+    oldest_pending_age: float | None
+    dead: int
+    failed: int
+    processing: int
+    streaks: dict[str, int]
+    exact: bool = True
+
+
+#: How many records the generic :meth:`Store.stats` reads per state.
+STATS_SCAN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +376,34 @@ class Store(ABC):
     @abstractmethod
     def bump(self, counter: str, limit: int, by: int = 1) -> bool:
         """Add ``by`` to a shared counter; at ``limit`` or more reset it and return True."""
+
+    def stats(self, counters: Collection[str] = ()) -> Stats:
+        """Count records by state and read ``counters``; generic, through :meth:`records`.
+
+        Stores override it with cheap native queries. This fallback reads at most
+        :data:`STATS_SCAN` records per state, judges ages by this host's clock and
+        cannot read counters (they are left out of ``streaks``).
+        """
+        import time
+
+        counts: dict[State, int] = {}
+        oldest: float | None = None
+        exact = True
+        for state in (State.PENDING, State.PROCESSING, State.FAILED, State.DEAD):
+            found = self.records(state, limit=STATS_SCAN)
+            counts[state] = len(found)
+            exact = exact and len(found) < STATS_SCAN
+            if state is State.PENDING and found:
+                oldest = max(0.0, time.time() - min(r.updated_at for r in found))
+        return Stats(
+            counts[State.PENDING],
+            oldest,
+            counts[State.DEAD],
+            counts[State.FAILED],
+            counts[State.PROCESSING],
+            {},
+            exact,
+        )
 
     def transaction(self) -> AbstractContextManager[Any]:
         """Open the unit of work around handlers and the done mark; yields ``delivery.transaction``.
@@ -456,6 +513,17 @@ class Store(ABC):
                 leased.append((done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)))
         return leased
 
+    def lease_one(self, key: str, *, lease: float) -> tuple[Record, Claim] | None:
+        """Lease record ``key`` if it is due or abandoned (a task queue's pointer to it).
+
+        None when it is not: done, in progress under a live lease, waiting out a retry
+        delay, dead, or gone. A pointer delivered twice therefore runs the record once.
+        """
+        done = self.apply(LEASE, key, lease=lease)
+        if not done.ok or done.record is None:
+            return None
+        return done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)
+
     def rerun(self, key: str, *, lease: float) -> tuple[Record, Claim] | None:
         """Lease a failed or dead record to run it now; None when it is neither."""
         done = self.apply(RERUN, key, lease=lease)
@@ -511,6 +579,15 @@ class Store(ABC):
                 leased.append((done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)))
         return leased
 
+    async def alease_one(self, key: str, *, lease: float) -> tuple[Record, Claim] | None:
+        done = await self.aapply(LEASE, key, lease=lease)
+        if not done.ok or done.record is None:
+            return None
+        return done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)
+
+    async def astats(self, counters: Collection[str] = ()) -> Stats:
+        return await asyncio.to_thread(self.stats, counters)
+
     async def arenew(self, key: str, token: str, *, lease: float) -> bool:
         return (await self.aapply(RENEW, key, token=token, lease=lease)).ok
 
@@ -531,7 +608,7 @@ def _claim(transition: Transition, done: Applied) -> Claim | None:
     if done.ok:
         if transition.lease:
             return Claim(ClaimStatus.CLAIMED, done.attempts, done.token)
-        return Claim(ClaimStatus.PENDING)
+        return Claim(ClaimStatus.PENDING, queued=True)
     status = claim_status(done.found)
     return None if status is None else Claim(status)
 

@@ -16,10 +16,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from . import strictjson
 from .accounts import Account, AccountResolver, Accounts, Endpoint, UnknownEndpoint
@@ -28,12 +29,14 @@ from .errors import (
     DeliveryInProgress,
     HandlerFailed,
     InvalidPayload,
+    InvalidSignature,
     StoreUnavailable,
     WebhookError,
 )
 from .events import Event, GenerationFailed, GenerationSucceeded, parse_event
 from .handlers import Delivery, HandlerSpec, Registry
 from .ledger import GATE, NUDGE, WATCH, Claim, ClaimStatus, Entry, Record, State, Store, open_url
+from .observe import Answer, Observer, Observers, Receipt, Run
 from .protocol import (
     DEAD,
     DUPLICATE,
@@ -71,7 +74,7 @@ from .signature import Match, Verifier, parse_secrets
 if TYPE_CHECKING:
     from .handlers import ErrorHook
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "STORE_ENV", "Webhooks", "shared_registry"]
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "STORE_ENV", "Dispatch", "Webhooks", "shared_registry"]
 
 logger = logging.getLogger("gptimg_webhooks")
 
@@ -106,6 +109,24 @@ _ACCOUNT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 #: A record's secret was verified when it was received; which one is not kept.
 RECORDED = Match(index=-1, id="recorded")
+
+
+#: A pending record older than this (seconds) whose pointer never ran is dispatched again.
+DEFAULT_REDISPATCH_GRACE = 60.0
+
+
+class Dispatch(Protocol):
+    """What the receiver needs of a task-queue dispatcher (``gptimg_webhooks.dispatch``)."""
+
+    def dispatch(self, key: str, *, delay: float = 0.0) -> None:
+        """Hand the engine a pointer to record ``key``, to run from ``delay`` seconds on."""
+
+    async def adispatch(self, key: str, *, delay: float = 0.0) -> None:
+        """Async twin of :meth:`dispatch`."""
+
+    # Optional: ``dispatch_in_transaction(tx, key)`` and ``adispatch_in_transaction``,
+    # called inside a transactional ledger's transaction (``tx``: what it yields) so the
+    # pointer commits with the record (see :meth:`Webhooks._enqueue`).
 
 
 def _seconds(value: float | timedelta | None) -> float | None:
@@ -176,6 +197,8 @@ class Webhooks:
         account_cache: float = 60.0,
         reconcile: Reconciliation | None = None,
         clock: Callable[[], float] = time.time,
+        dispatcher: Dispatch | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         if not path.startswith("/"):
             raise ConfigurationError(f"path must start with '/': {path!r}")
@@ -227,6 +250,14 @@ class Webhooks:
         if mode not in ("inline", "deferred"):
             raise ConfigurationError(f"mode must be 'inline' or 'deferred', not {mode!r}")
         self.deferred = mode == "deferred"
+        if dispatcher is not None and not self.deferred:
+            raise ConfigurationError("a dispatcher needs mode='deferred'")
+        #: The task queue that runs deferred records; None: workers poll the ledger.
+        self.dispatcher = dispatcher
+        self.redispatch_grace = DEFAULT_REDISPATCH_GRACE
+        #: key -> when this process last re-dispatched it (monotonic): once per grace.
+        self._redispatched: dict[str, float] = {}
+        self.observers = Observers(observers)
         self.sweep = sweep
         self.sweep_interval = float(_seconds(sweep_interval) or 0)
         if self.sweep_interval <= 0:
@@ -354,7 +385,9 @@ class Webhooks:
             extra={
                 "delivery_id": delivery.id,
                 "event": delivery.event,
+                "key_prefix": delivery.key[:12],
                 "attempt": delivery.attempt,
+                "outcome": "handler_failed",
             },
         )
         for hook in self._error_hooks():
@@ -384,14 +417,75 @@ class Webhooks:
             endpoint = self.endpoint_for(path)
             verified = verify_request(self._limits(endpoint), method, headers, body, self.clock())
         except WebhookError as exc:
-            return self._rejected(exc, headers, endpoint)
+            return self._told(started, self._rejected(exc, headers, endpoint), None, exc, headers)
         if endpoint.namespace:
             verified = _namespaced(verified, endpoint)
-        if self.reply_deadline is None:
-            return self.handle_verified(verified)
-        handoff = _Handoff()
-        future = self._executor().submit(self._pooled, verified, handoff)
-        return _within(future.result, handoff, started, self.reply_deadline)
+        with self._receiving(verified) as (verified, receipt):
+            if self.reply_deadline is None:
+                response = self.handle_verified(verified)
+            else:
+                handoff = _Handoff()
+                future = self._executor().submit(self._pooled, verified, handoff)
+                response = _within(future.result, handoff, started, self.reply_deadline)
+            _fill(receipt, response)
+        return self._told(started, response, verified)
+
+    # Observers ------------------------------------------------------------------------
+
+    @contextmanager
+    def _receiving(self, verified: Verified) -> Iterator[tuple[Verified, Receipt | None]]:
+        """Let observers wrap a verified delivery's receipt (and stamp its traceparent)."""
+        if not self.observers:
+            yield verified, None
+            return
+        receipt = Receipt(
+            verified.delivery_id,
+            verified.event.event,
+            verified.entry.key,
+            "deferred" if self.deferred else "inline",
+        )
+        with self.observers.receiving(receipt):
+            if receipt.traceparent:
+                entry = replace(verified.entry, traceparent=receipt.traceparent)
+                verified = replace(verified, entry=entry)
+            yield verified, receipt
+
+    @contextmanager
+    def _running(
+        self, delivery: Delivery, runner: str, traceparent: str | None = None
+    ) -> Iterator[Run | None]:
+        """Let observers wrap one run of a record's handlers; they see its duration."""
+        if not self.observers:
+            yield None
+            return
+        run = Run(delivery.key, delivery.id, delivery.event, delivery.attempt, runner, traceparent)
+        with self.observers.running(run):
+            start = time.monotonic()
+            try:
+                yield run
+            finally:
+                run.duration = time.monotonic() - start
+
+    def _told(
+        self,
+        started: float,
+        response: Response,
+        verified: Verified | None,
+        exc: WebhookError | None = None,
+        headers: Headers | None = None,
+    ) -> Response:
+        """Tell observers about an answer; return it."""
+        if self.observers:
+            cause = ""
+            if isinstance(exc, InvalidSignature) and headers is not None:
+                found = len(collect_headers(headers)[0])
+                cause = "missing" if not found else "repeated" if found > 1 else "mismatch"
+            delivery_id = verified.delivery_id if verified is not None else ""
+            event = verified.event.event if verified is not None else None
+            latency = time.monotonic() - started
+            answer = Answer(response.status, _word(response), event, delivery_id, latency, cause)
+            self.observers.answered(answer)
+        return response
 
     def _pooled(self, verified: Verified, handoff: _Handoff | None) -> Response:
         try:
@@ -410,7 +504,7 @@ class Webhooks:
         try:
             try:
                 if self.deferred:
-                    claim = self.store.enqueue(verified.entry)
+                    claim = self._enqueue(verified.entry)
                 else:
                     claim = self.store.claim(verified.entry, lease=self.lease)
             except Exception as exc:  # a store's bug fails closed like an outage
@@ -446,7 +540,10 @@ class Webhooks:
     def _store_down(self, verified: Verified, exc: StoreUnavailable) -> Response:
         if not self.fail_open:
             logger.error(
-                "ledger unavailable, answering 503 (delivery %r): %s", verified.delivery_id, exc
+                "ledger unavailable, answering 503 (delivery %r): %s",
+                verified.delivery_id,
+                exc,
+                extra=_fields(verified, "store_unavailable"),
             )
             self.keeper.unrecorded_failure(self.counter_for(verified.entry.key))
             return error_response(exc)
@@ -475,6 +572,7 @@ class Webhooks:
                     "duplicate of %s (delivery %r): already done",
                     verified.entry.key[:12],
                     verified.delivery_id,
+                    extra=_fields(verified, "duplicate"),
                 )
             return answer
         return _in_progress(self.guard_trips(self.counter_for(verified.entry.key)))
@@ -498,7 +596,10 @@ class Webhooks:
             return error_response(exc)
         if step != "run":
             return self._gated(step, delivery, token)
-        result = execute(self, event, delivery, token, also)
+        with self._running(delivery, "inline") as run:
+            result = execute(self, event, delivery, token, also)
+            if run is not None:
+                run.outcome = result.outcome
         detached = handoff is not None and handoff.finish()
         if result.outcome != "failed":
             return _result_answer(result)
@@ -528,11 +629,19 @@ class Webhooks:
             verified = verify_request(self._limits(endpoint), method, headers, body, self.clock())
         except WebhookError as exc:
             if isinstance(exc, SIGNED_REJECTIONS):
-                return await asyncio.to_thread(self._rejected, exc, headers, endpoint)
-            _log_rejection(exc, headers)
-            return error_response(exc)
+                response = await asyncio.to_thread(self._rejected, exc, headers, endpoint)
+            else:
+                _log_rejection(exc, headers)
+                response = error_response(exc)
+            return self._told(started, response, None, exc, headers)
         if endpoint.namespace:
             verified = _namespaced(verified, endpoint)
+        with self._receiving(verified) as (verified, receipt):
+            response = await self._ahandle_verified(verified, started)
+            _fill(receipt, response)
+        return self._told(started, response, verified)
+
+    async def _ahandle_verified(self, verified: Verified, started: float) -> Response:
         store = self.store
         if not store.native_async and not any(
             h.is_async for h in self.routes(verified.event.event)
@@ -547,7 +656,7 @@ class Webhooks:
         try:
             try:
                 if self.deferred:
-                    claim = await store.aenqueue(verified.entry)
+                    claim = await self._aenqueue(verified.entry)
                 else:
                     claim = await store.aclaim(verified.entry, lease=self.lease)
             except Exception as exc:  # a store's bug fails closed like an outage
@@ -575,7 +684,10 @@ class Webhooks:
         if self.reconcile is not None and _terminal_generation(event) is not None:
             # The gate costs a round trip only with reconciliation on: keep it simple.
             return await asyncio.to_thread(self._run_and_settle, event, delivery, token, handoff)
-        result = await aexecute(self, event, delivery, token)
+        with self._running(delivery, "inline") as run:
+            result = await aexecute(self, event, delivery, token)
+            if run is not None:
+                run.outcome = result.outcome
         detached = handoff is not None and handoff.finish()
         if result.outcome != "failed":
             return _result_answer(result)
@@ -615,7 +727,10 @@ class Webhooks:
         step, also = self._take_gate(event, record.key)
         if step != "run":
             return str(self._gated(step, delivery, claim.token).json.get("status", step))
-        result = execute(self, event, delivery, claim.token, also)
+        with self._running(delivery, "deferred", record.traceparent) as run:
+            result = execute(self, event, delivery, claim.token, also)
+            if run is not None:
+                run.outcome = result.outcome
         if result.outcome != "failed":
             return result.outcome
         plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
@@ -632,7 +747,10 @@ class Webhooks:
         if event is None:
             return "dead"
         delivery = _stored_delivery(record, event, claim)
-        result = await aexecute(self, event, delivery, claim.token)
+        with self._running(delivery, "deferred", record.traceparent) as run:
+            result = await aexecute(self, event, delivery, claim.token)
+            if run is not None:
+                run.outcome = result.outcome
         if result.outcome != "failed":
             return result.outcome
         plan = settlement(backoff or self.backoff, claim.attempt, provider_retries=False)
@@ -732,10 +850,103 @@ class Webhooks:
         The receiver's recovery sweep calls this off the request path in inline mode.
         Return each record's outcome by key.
         """
+        if self.dispatcher is not None:
+            return dict.fromkeys(self.redispatch(limit=limit), "dispatched")
         outcomes = {}
         for record, claim in self.store.lease_due(lease=self.lease, limit=limit):
             outcomes[record.key] = self.run_record(record, claim)
         return outcomes
+
+    # Task queues: pointers --------------------------------------------------------------
+
+    def _enqueue(self, entry: Entry) -> Claim:
+        """Queue a delivery and hand its pointer to the dispatcher, if any.
+
+        A dispatcher with ``dispatch_in_transaction(tx, key)`` on a transactional ledger
+        defers its pointer in the ledger's own transaction: both commit, or neither.
+        Otherwise the pointer is sent after the commit (a lost one is the sweep's).
+        """
+        dispatcher = self.dispatcher
+        joins = getattr(dispatcher, "dispatch_in_transaction", None)
+        if joins is None or not self.store.transactional:
+            claim = self.store.enqueue(entry)
+            if claim.queued and dispatcher is not None:
+                self.send_pointer(entry.key)
+            return claim
+        with self.store.transaction() as tx:
+            claim = self.store.enqueue(entry)
+            if claim.queued:
+                joins(tx, entry.key)
+        return claim
+
+    async def _aenqueue(self, entry: Entry) -> Claim:
+        """Async twin of :meth:`_enqueue`."""
+        store, dispatcher = self.store, self.dispatcher
+        joins = getattr(dispatcher, "adispatch_in_transaction", None)
+        if joins is None or not (store.transactional and store.async_transactions):
+            if joins is not None and store.transactional:
+                return await asyncio.to_thread(self._enqueue, entry)
+            claim = await store.aenqueue(entry)
+            if claim.queued and dispatcher is not None:
+                await self.asend_pointer(entry.key)
+            return claim
+        async with store.atransaction() as tx:
+            claim = await store.aenqueue(entry)
+            if claim.queued:
+                await joins(tx, entry.key)
+        return claim
+
+    def send_pointer(self, key: str, delay: float = 0.0) -> bool:
+        """Hand the dispatcher a pointer; a lost one is the sweep's (:meth:`redispatch`)."""
+        assert self.dispatcher is not None
+        try:
+            self.dispatcher.dispatch(key, delay=delay)
+            return True
+        except Exception as exc:
+            _log_lost_pointer(key, exc)
+            return False
+
+    async def asend_pointer(self, key: str, delay: float = 0.0) -> bool:
+        assert self.dispatcher is not None
+        try:
+            await self.dispatcher.adispatch(key, delay=delay)
+            return True
+        except Exception as exc:
+            _log_lost_pointer(key, exc)
+            return False
+
+    def redispatch(self, *, limit: int = 100, grace: float | None = None) -> list[str]:
+        """Dispatch again the records whose pointer was lost; return their keys.
+
+        A record is re-dispatched when it is due and pending since more than ``grace``
+        seconds (default :attr:`redispatch_grace`), or processing under a lease that ran
+        out (its task died). Dispatching twice is harmless: the ledger runs it once.
+        """
+        if self.dispatcher is None:
+            raise ConfigurationError("redispatch needs a dispatcher")
+        grace = self.redispatch_grace if grace is None else grace
+        now, tick = self.clock(), time.monotonic()
+        # A backlog longer than the grace must not turn into a storm of copies.
+        recent = self._redispatched
+        for key in [k for k, at in recent.items() if tick - at >= grace]:
+            del recent[key]
+        sent = []
+        for key in self.store.due(limit):
+            if key in recent:
+                continue
+            record = self.store.get(key)
+            if record is None:
+                continue
+            # A retry's pointer was sent with its delay: count the grace from when it is due.
+            since = max(record.updated_at, record.available_at or 0.0)
+            if record.state is State.PENDING and now - since < grace:
+                continue  # its pointer is probably still on its way
+            if self.send_pointer(key):
+                recent[key] = tick
+                sent.append(key)
+        if sent:
+            logger.warning("re-dispatched %d record(s) whose task was lost or died", len(sent))
+        return sent
 
     def rerun(self, key: str) -> str:
         """Run a failed or dead record's handlers again, now; a record that fails again is dead.
@@ -846,12 +1057,20 @@ def _failure_answer(
     if plan.op == "fail":
         error = result.error
         return error_response(HandlerFailed(f"handler raised {type(error).__name__}"))
+    fields = {
+        "delivery_id": delivery.id,
+        "event": delivery.event,
+        "key_prefix": delivery.key[:12],
+        "attempt": delivery.attempt,
+        "outcome": "failed_accepted",
+    }
     if detached:  # answered 202 already: the provider will not retry
         logger.warning(
             "handler for %s failed after the reply deadline (delivery %r); a runner retries "
             "it from the ledger",
             delivery.event,
             delivery.id,
+            extra=fields,
         )
     else:
         logger.error(
@@ -859,6 +1078,7 @@ def _failure_answer(
             "auto-disable: a runner retries it from the ledger",
             delivery.event,
             delivery.id,
+            extra=fields,
         )
     return FAILED_ACCEPTED
 
@@ -869,6 +1089,40 @@ def _guard_rejected(exc: WebhookError) -> Response:
         exc.code,
     )
     return REJECTED_ACCEPTED
+
+
+def _word(response: Response) -> str:
+    """The answer's one word: its ``status`` (2xx) or ``error`` (the rest)."""
+    try:
+        body = response.json
+        return str(body.get("status") or body.get("error") or response.status)
+    except (ValueError, AttributeError):
+        return str(response.status)
+
+
+def _fill(receipt: Receipt | None, response: Response) -> None:
+    if receipt is not None:
+        receipt.outcome, receipt.status = _word(response), response.status
+
+
+def _fields(verified: Verified, outcome: str) -> dict[str, object]:
+    """The structured ``extra=`` fields of a log line about a verified delivery."""
+    return {
+        "delivery_id": verified.delivery_id,
+        "event": verified.event.event,
+        "key_prefix": verified.entry.key[:12],
+        "outcome": outcome,
+    }
+
+
+def _log_lost_pointer(key: str, exc: BaseException) -> None:
+    logger.warning(
+        "could not dispatch %s (%s: %s); the sweep dispatches it again later",
+        key[:12],
+        type(exc).__name__,
+        exc,
+        extra={"key_prefix": key[:12], "outcome": "dispatch_failed"},
+    )
 
 
 def _error_text(result: Result) -> str:
@@ -946,6 +1200,13 @@ def _log_detached(delivery: Delivery | None) -> None:
         "they go on holding the lease",
         delivery.event,
         delivery.id,
+        extra={
+            "delivery_id": delivery.id,
+            "event": delivery.event,
+            "key_prefix": delivery.key[:12],
+            "attempt": delivery.attempt,
+            "outcome": "processing",
+        },
     )
 
 

@@ -429,7 +429,12 @@ class Keeper:
                 for counter, n in unrecorded.items():
                     self._unrecorded[counter] = self._unrecorded.get(counter, 0) + n
             return
-        if hooks.sweep and not hooks.deferred and now >= self._next_sweep:
+        # Deferred mode sweeps only with a dispatcher: it re-dispatches lost pointers.
+        if (
+            hooks.sweep
+            and (not hooks.deferred or hooks.dispatcher is not None)
+            and (now >= self._next_sweep)
+        ):
             self._next_sweep = now + hooks.sweep_interval
             if self._sweeping.acquire(blocking=False):
                 threading.Thread(target=self._sweep, name="gptimg-webhooks-sweep").start()

@@ -108,7 +108,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         if key in ("SECRET", "STORE"):
             continue
         try:
-            Webhooks("whsec_check", store=MemoryStore(), **{OPTIONS[key]: value})
+            # A dispatcher is checked with the mode it needs (MODE is checked on its own).
+            needs = {"mode": opts.get("MODE", "deferred")} if key == "DISPATCHER" else {}
+            Webhooks("whsec_check", store=MemoryStore(), **needs, **{OPTIONS[key]: value})
         except (ConfigurationError, TypeError, ValueError) as exc:
             errors.append(Error(f"{name(key)} is invalid: {exc}", id="gptimg_webhooks.E003"))
     return errors

@@ -44,6 +44,8 @@ OPTIONS = {
     "CLOCK_SKEW": "clock_skew",
     "FAILURE_THRESHOLD": "failure_threshold",
     "MODE": "mode",
+    "DISPATCHER": "dispatcher",
+    "OBSERVERS": "observers",
     "ACCOUNTS": "accounts",
 }
 

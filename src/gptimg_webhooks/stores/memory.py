@@ -21,6 +21,7 @@ from .._core.ledger import (
     Entry,
     Record,
     State,
+    Stats,
     Store,
     Transition,
     admits,
@@ -54,6 +55,7 @@ class _Row:
         "lease_until",
         "state",
         "token",
+        "traceparent",
         "updated_at",
     )
 
@@ -71,6 +73,7 @@ class _Row:
         self.lease_until: float | None = None
         self.available_at: float | None = None
         self.token: str | None = None
+        self.traceparent = entry.traceparent
 
     def record(self) -> Record:
         return Record(
@@ -86,6 +89,7 @@ class _Row:
             self.updated_at,
             self.lease_until,
             self.available_at,
+            self.traceparent,
         )
 
 
@@ -214,6 +218,28 @@ class MemoryStore(Store):
             for key in old:
                 del self._rows[key]
             return len(old)
+
+    def stats(self, counters: Collection[str] = ()) -> Stats:
+        now = self.clock()
+        with self._lock:
+            counts = dict.fromkeys(State, 0)
+            oldest: float | None = None
+            for row in self._rows.values():
+                counts[row.state] += 1
+                if row.state is State.PENDING and (oldest is None or row.updated_at < oldest):
+                    oldest = row.updated_at
+            streaks = {c: self._counters.get(c, 0) for c in counters}
+        return Stats(
+            counts[State.PENDING],
+            None if oldest is None else max(0.0, now - oldest),
+            counts[State.DEAD],
+            counts[State.FAILED],
+            counts[State.PROCESSING],
+            streaks,
+        )
+
+    async def astats(self, counters: Collection[str] = ()) -> Stats:
+        return self.stats(counters)
 
     def bump(self, counter: str, limit: int, by: int = 1) -> bool:
         with self._lock:

@@ -52,7 +52,7 @@ import redis.exceptions
 import redis.retry
 
 from gptimg_webhooks._core.errors import ConfigurationError, StoreUnavailable
-from gptimg_webhooks._core.ledger import Applied, Entry, Record, State, Store, Transition
+from gptimg_webhooks._core.ledger import Applied, Entry, Record, State, Stats, Store, Transition
 
 from .memory import new_token
 
@@ -78,7 +78,7 @@ local function num(x) return string.format('%.6f', x) end
 # KEYS: the record's hash. ARGV: P, key, sources, target, flags (space-separated names
 # of the Transition's fields), token, lease, error ('' none, '=text'), delay, counter,
 # new token, entry ('' none, else '1'), delivery_id, event, generation_id, body
-# (optional texts as for error).
+# (optional texts as for error), traceparent (optional text).
 # Returns {1, attempts, token, record fields or {}} or {0, state found or ''}.
 _APPLY = (
     _PRELUDE
@@ -111,6 +111,7 @@ if not state then
   put('delivery_id', ARGV[13]); put('body', ARGV[16])
   put('created_at', num(now)); put('attempts', 0)
   text('event', ARGV[14]); text('generation_id', ARGV[15])
+  if ARGV[17] and ARGV[17] ~= '' then put('traceparent', string.sub(ARGV[17], 2)) end
 end
 local token, lease_until = cur[4] or '', nil
 if flag.lease then
@@ -248,6 +249,7 @@ def _record(key: str, fields: dict[bytes, bytes]) -> Record:
         updated_at=float(fields[b"updated_at"]),
         lease_until=number(b"lease_until"),
         available_at=number(b"available_at"),
+        traceparent=text(b"traceparent"),
     )
 
 
@@ -382,7 +384,7 @@ class RedisStore(Store):
         args += [token, _num(lease), _opt(error), _num(delay), counter]
         args.append(new_token() if transition.lease else "")
         if entry is None:
-            return [*args, "", "", "", "", ""]
+            return [*args, "", "", "", "", "", ""]
         return [
             *args,
             "1",
@@ -390,6 +392,7 @@ class RedisStore(Store):
             _opt(entry.event),
             _opt(entry.generation_id),
             entry.body,
+            _opt(entry.traceparent),
         ]
 
     @staticmethod
@@ -474,6 +477,42 @@ class RedisStore(Store):
                 if int(n) < _PRUNE_BATCH:
                     break
         return total
+
+    _COUNTED = (State.PENDING, State.DEAD, State.FAILED, State.PROCESSING)
+
+    def _stats_calls(self, pipe: Any, counters: Sequence[str]) -> None:
+        for state in self._COUNTED:
+            pipe.zcard(f"{self.prefix}s:{state.value}")
+        pipe.zrange(f"{self.prefix}s:{State.PENDING.value}", 0, 0, withscores=True)
+        pipe.time()
+        for counter in counters:
+            pipe.get(f"{self.prefix}c:{counter}")
+
+    @staticmethod
+    def _stats(found: Sequence[Any], counters: Sequence[str]) -> Stats:
+        pending, dead, failed, processing, oldest, (secs, micros), *values = found
+        now = int(secs) + int(micros) / 1_000_000
+        age = max(0.0, now - float(oldest[0][1])) if oldest else None
+        streaks = {c: int(v or 0) for c, v in zip(counters, values, strict=True)}
+        return Stats(int(pending), age, int(dead), int(failed), int(processing), streaks)
+
+    def stats(self, counters: Collection[str] = ()) -> Stats:
+        names = list(counters)
+        with self._errors("stats"):
+            client, _ = self._sync()
+            pipe = client.pipeline(transaction=False)
+            self._stats_calls(pipe, names)
+            found = pipe.execute()
+        return self._stats(found, names)
+
+    async def astats(self, counters: Collection[str] = ()) -> Stats:
+        names = list(counters)
+        with self._errors("stats"):
+            client, _ = self._async()
+            pipe = client.pipeline(transaction=False)
+            self._stats_calls(pipe, names)
+            found = await pipe.execute()
+        return self._stats(found, names)
 
     def bump(self, counter: str, limit: int, by: int = 1) -> bool:
         with self._errors("bump"):
