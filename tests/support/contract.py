@@ -282,10 +282,17 @@ def duplicate_storm(base: str, secret: str, n: int = 500, path: str = "/hooks/gp
             return await asyncio.gather(*tasks)
 
     statuses = asyncio.run(storm())
-    assert Counter(statuses) == Counter({200: 3 * n}), Counter(statuses)
-    rows = httpx.get(base + "/generations", timeout=30).json()
-    seen = Counter(
-        r["generationId"] for r in rows if r["generationId"].startswith(f"gen_storm_{tag}")
-    )
+    # 202 "processing": a copy answered at the reply deadline (a loaded host) runs on behind.
+    assert set(statuses) <= {200, 202}, Counter(statuses)
+    assert Counter(statuses)[200] >= 2 * n, Counter(statuses)
+    deadline = time.monotonic() + 30
+    while True:
+        rows = httpx.get(base + "/generations", timeout=30).json()
+        seen = Counter(
+            r["generationId"] for r in rows if r["generationId"].startswith(f"gen_storm_{tag}")
+        )
+        if set(seen) == set(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert set(seen) == set(ids)
     assert set(seen.values()) == {1}, [g for g, c in seen.items() if c != 1][:10]
