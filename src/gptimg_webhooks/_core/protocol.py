@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from . import strictjson
 from .errors import (
     EventMismatch,
     InvalidHeaders,
@@ -29,7 +28,7 @@ from .errors import (
     UnsupportedEncoding,
     WebhookError,
 )
-from .events import Event, parse_event
+from .events import Event, parse_event_json
 from .ledger import Entry
 
 if TYPE_CHECKING:
@@ -241,7 +240,7 @@ def verify_request(
         raise InvalidHeaders("X-Gptimg-Event is not an event name")
     key = hashlib.sha256(body).hexdigest()
     try:
-        event = parse_event(strictjson.loads(body))
+        event = parse_event_json(body, event_header)
     except InvalidPayload as exc:
         exc.entry = Entry(key, delivery_id, event_header, None, body)
         raise
