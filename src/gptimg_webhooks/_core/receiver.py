@@ -30,6 +30,7 @@ from .errors import (
 )
 from .events import Event, parse_event
 from .handlers import Delivery, HandlerSpec, Registry
+from .handoff import Runners
 from .ledger import Claim, ClaimStatus, Record, Store, open_url
 from .protocol import (
     DEAD,
@@ -232,7 +233,7 @@ class Webhooks:
         self.on = self.registry.on
         self.on_error = self.registry.on_error
         self.keeper = Keeper(self)
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: Runners | None = None
         self._background: set[asyncio.Future[Response]] = set()
 
     def __repr__(self) -> str:
@@ -408,12 +409,10 @@ class Webhooks:
             return answer
         return _in_progress(self.guard_trips())
 
-    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _executor(self) -> Runners:
         pool = self._pool
         if pool is None:
-            pool = self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=64, thread_name_prefix="gptimg-webhooks-run"
-            )
+            pool = self._pool = Runners(max_threads=64, name="gptimg-webhooks-run")
         return pool
 
     def _run_and_settle(
@@ -584,7 +583,7 @@ class Webhooks:
         """Stop the background keeper and close the store's connections."""
         self.keeper.stop()
         if self._pool is not None:
-            self._pool.shutdown(wait=False)
+            self._pool.close(wait=False)
             self._pool = None
         self.store.close()
 
