@@ -150,12 +150,13 @@ class Verified:
 def collect_headers(headers: Headers) -> tuple[list[str], ...]:
     """Pick the headers the protocol reads, keeping every repeated value."""
     found: tuple[list[str], ...] = ([], [], [], [])
-    items = headers.items() if isinstance(headers, Mapping) else headers
+    # A list (ASGI, WSGI adapters) skips the Mapping test, an ABC check.
+    items = (
+        headers if type(headers) is list or not isinstance(headers, Mapping) else headers.items()
+    )
+    by_bytes, by_text = _WANTED_BYTES.get, _WANTED.get
     for name, value in items:
-        if isinstance(name, bytes):
-            slot = _WANTED_BYTES.get(name.lower())
-        else:
-            slot = _WANTED.get(name.lower())
+        slot = by_bytes(name.lower()) if isinstance(name, bytes) else by_text(name.lower())
         if slot is not None:
             found[slot].append(value.decode("latin-1") if isinstance(value, bytes) else value)
     return found
