@@ -10,6 +10,7 @@ import gc
 import hashlib
 import hmac
 import json
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -23,6 +24,8 @@ from gptimg_webhooks.stores.memory import MemoryStore
 
 from .common import EVENT, KEY, SECRET, body, headers, paired_ratio, summary
 
+#: BENCH_SCALE shrinks every batch (the smoke test runs the suite in seconds with 0.02).
+_SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 Batch = list[Any]
 # A variant: (prepare(n, round) -> batch, run(batch) -> None)
 Variant = tuple[Callable[[int, int], Batch], Callable[[Batch], None]]
@@ -231,7 +234,7 @@ def interleave(
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             prepare, run = variants[name]
-            count = n[name] if isinstance(n, dict) else n
+            count = max(10, int((n[name] if isinstance(n, dict) else n) * _SCALE))
             batch = prepare(count, r)
             gc.collect()
             started = time.perf_counter()
@@ -310,3 +313,32 @@ def handler_counts(quick: bool) -> dict[str, Any]:
     variants = {str(c): library(None, handlers=c) for c in counts}
     samples = interleave(variants, 500 if quick else 2000, 3 if quick else 7)
     return {name: {"us": summary(v)} for name, v in samples.items()}
+
+
+def profile(quick: bool, top: int = 14) -> dict[str, Any]:
+    """Where the full path's time goes: cProfile of the library, own time per function."""
+    import cProfile
+    import pstats
+
+    prepare, run = library(None)
+    run(prepare(200, -1))
+    batch = prepare(max(10, int((1000 if quick else 3000) * _SCALE)), 0)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run(batch)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
+    rows = []
+    for (path, line, func), (_, calls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = path.split("/src/")[-1] if "/src/" in path else path.rsplit("/", 1)[-1]
+        rows.append(
+            {
+                "function": f"{where}:{line}({func})" if line else func,
+                "calls_per_delivery": calls / len(batch),
+                "own_share": own / total if total else 0.0,
+                "cumulative_share": cumulative / total if total else 0.0,
+            }
+        )
+    rows.sort(key=lambda r: r["own_share"], reverse=True)
+    return {"deliveries": len(batch), "reply_deadline": None, "top": rows[:top]}
