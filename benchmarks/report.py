@@ -50,9 +50,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         for peer in (SW, SVIX):
             if peer in head:
                 r = head[peer]["us"]["median"] / lib
-                rows.append(
-                    _row(f"in process: >= 2x faster than {peer}", f"{r:.2f}x faster", r >= 2, cmd)
-                )
+                said = f"{r:.2f}x faster" if r >= 1 else f"{1 / r:.2f}x slower"
+                rows.append(_row(f"in process: >= 2x faster than {peer}", said, r >= 2, cmd))
         for name in (DUP, DUP_INLINE):
             r = head[name]["vs hand-written"]["median"]
             rows.append(
@@ -106,7 +105,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     by_size = _get(results, "ledgers", "by_size")
     cmd = f"python -m benchmarks --only ledgers{quick}"
     if by_size:
-        sizes = [k for k in by_size["memory"] if k.isdigit()]
+        sizes = _numeric(by_size["memory"])
         for name in ("memory", "sqlite"):
             g = by_size[name]["growth"]
             rows.append(
@@ -257,9 +256,28 @@ GAPS = [
     "early from its own thread. `reply_deadline=None` (inline) or an ASGI app with async "
     "handlers avoids it; the hop is now a `SimpleQueue` hand-off instead of "
     "`concurrent.futures`.",
-    "5. Over HTTP the gap shrinks with the framework's own cost; gunicorn's sync worker "
-    "(no keep-alive) dominates both sides.",
+    "5. Over HTTP the gap shrinks with the framework's own cost. Under WSGI (Flask, "
+    "Django on gunicorn) the twins run inline while the library pays the deadline's thread "
+    "hop on every request, and on a loaded CPU each wake-up of the runner thread waits for "
+    "the scheduler: `reply_deadline=None` removes it (the in-process rows above show the "
+    "hop's share).",
+    "6. Deferred mode on SQLite: the worker runs the handlers inside the store's write "
+    "transaction (handlers and the done mark commit together), so a new delivery's enqueue "
+    "waits behind a 1 s handler for the write lock: the answer's p99 is the handler's time. "
+    "Closing it needs the SQLite store to keep the write lock only for the done mark when "
+    "no handler uses `delivery.transaction` (stores/sqlite.py, outside this change). On the "
+    "memory ledger the answers share one CPU with the worker's 16 threads.",
+    "7. Ledger size: the memory ledger's dict lookup is O(1); its growth is cache misses "
+    "over a heap of a million rows (disabling the garbage collector changed nothing at "
+    "300k records). SQLite's random SHA-256 keys put each insert on a random B-tree page "
+    "beyond the default 2 MB page cache; a larger `cache_size` or `mmap_size` would "
+    "flatten it (stores/sqlite.py, outside this change).",
 ]
+
+
+def _numeric(table: dict[str, Any]) -> list[str]:
+    """The keys of ``table`` that are numbers, in numeric order (JSON sorts them as text)."""
+    return sorted((k for k in table if k.isdigit()), key=int)
 
 
 def _fmt_us(entry: dict[str, Any]) -> str:
@@ -318,6 +336,25 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
                 f"The reply deadline's thread hop costs {hop:.1f} µs per delivery "
                 f"(default `reply_deadline=4.0` against `None`, same run).",
             ]
+    prof = _get(results, "micro", "profile")
+    if prof:
+        out += [
+            "",
+            "## Where the full path's time goes",
+            "",
+            f"cProfile of {prof['deliveries']} deliveries through `Webhooks.handle` "
+            "(`reply_deadline=None`, memory ledger, no-op handler): each function's own "
+            "time as a share of the total (profiling inflates small calls: read the ranking, "
+            "not the absolute shares).",
+            "",
+            "| function | calls per delivery | own time | with callees |",
+            "|---|---|---|---|",
+        ]
+        for row in prof["top"]:
+            out.append(
+                f"| `{row['function']}` | {row['calls_per_delivery']:.0f} | "
+                f"{row['own_share']:.0%} | {row['cumulative_share']:.0%} |"
+            )
     sizes = _get(results, "micro", "body_size")
     if sizes:
         out += [
@@ -327,7 +364,8 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
             "| body | library µs | hand-written µs | x hand-written |",
             "|---|---|---|---|",
         ]
-        for size, entry in sizes.items():
+        for size in _numeric(sizes):
+            entry = sizes[size]
             out.append(
                 f"| {int(size):,} B | {_fmt_us(entry['library']['us'])} | "
                 f"{_fmt_us(entry[FLOOR]['us'])} | "
@@ -342,7 +380,7 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
             "| handlers | µs per delivery |",
             "|---|---|",
         ]
-        out += [f"| {n} | {_fmt_us(e['us'])} |" for n, e in handlers.items()]
+        out += [f"| {n} | {_fmt_us(handlers[n]['us'])} |" for n in _numeric(handlers)]
     adapters = _get(results, "http", "adapters")
     if adapters:
         s = results["http"]["settings"]
@@ -371,7 +409,7 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
     conc = _get(results, "http", "concurrency")
     if conc:
         labels = list(conc)
-        levels = list(conc[labels[0]])
+        levels = _numeric(conc[labels[0]])
         out += [
             "",
             "## Throughput against connections",
@@ -397,7 +435,7 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
             "| records | memory µs | SQLite µs |",
             "|---|---|---|",
         ]
-        for size in (k for k in by_size["memory"] if k.isdigit()):
+        for size in _numeric(by_size["memory"]):
             out.append(
                 f"| {int(size):,} | {_fmt_us(by_size['memory'][size])} | "
                 f"{_fmt_us(by_size['sqlite'][size])} |"
@@ -519,10 +557,11 @@ def _plots(results: dict[str, Any], images: Path) -> list[Path]:
     sizes = _get(results, "micro", "body_size")
     if sizes:
         fig, ax = plt.subplots(figsize=(6, 4))
-        xs = [int(s) for s in sizes]
+        order = _numeric(sizes)
+        xs = [int(s) for s in order]
         for name, color in (("library", "tab:blue"), (FLOOR, "tab:green")):
             ax.plot(
-                xs, [sizes[s][name]["us"]["median"] for s in sizes], "o-", label=name, color=color
+                xs, [sizes[s][name]["us"]["median"] for s in order], "o-", label=name, color=color
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -535,7 +574,7 @@ def _plots(results: dict[str, Any], images: Path) -> list[Path]:
     if by_size:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, color in (("memory", "tab:blue"), ("sqlite", "tab:orange")):
-            keys = [k for k in by_size[name] if k.isdigit()]
+            keys = _numeric(by_size[name])
             ax.plot(
                 [int(k) for k in keys],
                 [by_size[name][k]["median"] for k in keys],
@@ -554,7 +593,7 @@ def _plots(results: dict[str, Any], images: Path) -> list[Path]:
     if conc:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label in conc:
-            levels = list(conc[label])
+            levels = _numeric(conc[label])
             ax.plot(
                 [int(c) for c in levels], [conc[label][c]["rps"] for c in levels], "o-", label=label
             )

@@ -39,7 +39,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-docs", action="store_true", help="write the JSON only")
     parser.add_argument("--compare", type=Path, help="an earlier results JSON to compare with")
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="RESULTS",
+        help="rewrite the docs from an earlier results JSON, measuring nothing",
+    )
     args = parser.parse_args(argv)
+    if args.report_only is not None:
+        from .report import targets, write_docs
+
+        results = json.loads(args.report_only.read_text())
+        results["targets"] = targets(results)
+        args.report_only.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        for path in write_docs(results, args.docs, None):
+            print(f"wrote {path}")
+        return
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
