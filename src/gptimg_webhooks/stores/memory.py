@@ -297,9 +297,13 @@ class MemoryStore(Store):
         )
 
     async def aclaim(self, entry: Entry, *, lease: float) -> Claim:
+        if not self._direct:  # a subclass's apply() and aapply() decide
+            return await super().aclaim(entry, lease=lease)
         return self.claim(entry, lease=lease)
 
     async def acomplete(self, key: str, token: str, *, counter: str = "") -> bool:
+        if not self._direct:
+            return await super().acomplete(key, token, counter=counter)
         return self.complete(key, token, counter=counter)
 
     async def adue(self, limit: int) -> Sequence[str]:
