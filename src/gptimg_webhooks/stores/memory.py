@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -65,7 +66,8 @@ class _Row:
         self.key = entry.key
         self.state = State.PENDING
         self.delivery_id = entry.delivery_id
-        self.event = entry.event
+        # A handful of event names, one string each instead of a copy per record.
+        self.event = None if entry.event is None else sys.intern(entry.event)
         self.generation_id = entry.generation_id
         self.attempts = 0
         self.body: bytes | None = entry.body
