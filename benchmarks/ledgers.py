@@ -238,7 +238,8 @@ gc.collect(); before = rss()
 for i in range(n):
     key = hashlib.sha256(b"%d" % i).hexdigest()
     # A fresh event string per record, as parsing makes one.
-    e = Entry(key, str(uuid.uuid4()), "generation.succeeded".encode().decode(), "gen_%030d" % i, b"x" * 345)
+    event = "generation.succeeded".encode().decode()
+    e = Entry(key, str(uuid.uuid4()), event, "gen_%030d" % i, b"x" * 345)
     store.complete(key, store.claim(e, lease=120.0).token)
 gc.collect()
 print(json.dumps({"records": n, "bytes": rss() - before}))
