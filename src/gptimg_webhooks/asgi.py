@@ -65,10 +65,25 @@ async def _serve(receiver: Webhooks, scope: Scope, receive: Receive, send: Send)
         return
     else:
         answer = await receiver.handle_async(method, scope["headers"], body, path=scope["path"])
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
-    headers.append((b"content-length", str(len(answer.body)).encode()))
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send(
+        {"type": "http.response.start", "status": answer.status, "headers": _encoded(answer)}
+    )
     await send({"type": "http.response.body", "body": answer.body})
+
+
+# The answers are a handful of constants: encode each one's headers once. (Servers copy
+# the list they are given; a fresh list each time keeps one that does not safe.)
+_ENCODED: dict[Response, list[tuple[bytes, bytes]]] = {}
+
+
+def _encoded(answer: Response) -> list[tuple[bytes, bytes]]:
+    found = _ENCODED.get(answer)
+    if found is None:
+        found = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
+        found.append((b"content-length", str(len(answer.body)).encode()))
+        if len(_ENCODED) < 256:  # error answers vary; keep the cache bounded
+            _ENCODED[answer] = found
+    return list(found)
 
 
 def _delivery_id(scope: Scope) -> str:

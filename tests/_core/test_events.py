@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gptimg_webhooks import (
     GenerationFailed,
@@ -11,6 +13,8 @@ from gptimg_webhooks import (
     UnknownEvent,
     parse_event,
 )
+from gptimg_webhooks._core.events import parse_event_json
+from gptimg_webhooks._core.strictjson import loads
 
 from .conftest import VECTOR_BODY
 
@@ -106,3 +110,106 @@ def test_generation_reads_the_apis_id_and_writes_generation_id() -> None:
     both = Generation.model_validate({"generationId": "gen_hook", "id": "other"})
     assert both.generation_id == "gen_hook"
     assert both.model_extra == {"id": "other"}
+
+
+# The one-pass parse (parse_event_json) must agree with the strict two-pass path on
+# every body: the same event, or the same InvalidPayload message.
+def _strict(body: bytes) -> object:
+    try:
+        return parse_event(loads(body))
+    except InvalidPayload as exc:
+        return f"InvalidPayload: {exc}"
+
+
+def _one_pass(body: bytes, name: str) -> object:
+    try:
+        return parse_event_json(body, name)
+    except InvalidPayload as exc:
+        return f"InvalidPayload: {exc}"
+
+
+_DATA = (
+    '"data":{"generationId":"gen_1","type":"text2img","status":"succeeded","outputs":'
+    '[{"png":"https://cdn.example/0.png","width":1024}],"createdAt":"2026-04-26T01:23:45Z"}'
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"event":"generation.succeeded",' + _DATA + "}",
+        '{"event":"generation.succeeded",' + _DATA + ',"event":"generation.succeeded"}',
+        '{"event":"generation.succeeded","data":{"generationId":"a","id":"b"}}',
+        '{"event":"generation.succeeded","data":{"generationId":"a","generationId":"b"}}',
+        '{"event":"generation.succeeded","data":{"generationId":"a","x":{"y":1,"y":2}}}',
+        '{"event":"generation.succeeded","data":{"generationId":"a","costCredits":1e999}}',
+        '{"event":"generation.succeeded","data":{"generationId":"a","costCredits":'
+        + "1" * 21
+        + "}}",
+        '{"event":"generation.succeeded","data":{"generationId":"a","width":' + "9" * 20 + "}}",
+        '{"event":"generation.succeeded","data":{"generationId":"a","n":' + "1" * 21 + "}}",
+        '{"event":"generation.succeeded","data":{"generationId":"a","n":NaN}}',
+        '{"event":"generation.succeeded","data":{"generationId":"a","s":":x","t":1}}',
+        '{"event":"generation.succeeded","data":{"generationId":"a" ,"s":1}}',
+        '{"event":"generation.succeeded","data":{"generationId":"a","s":"\\ud83d"}}',
+        '{"event":"generation.succeeded","data":{"generationId":"a","s":"\\u0000"}}',
+        '{"event":"generation.succeeded","data":{"generationId":"생성 ✓"}}',
+        '{"event":"generation.succeeded","data":{"generationId":"a","d":'
+        + "[" * 15
+        + "]" * 15
+        + "}}",
+        '{"event":"generation.succeeded","data":{"generationId":"a","d":'
+        + "[" * 14
+        + "]" * 14
+        + "}}",
+        '{"event":"generation.failed",' + _DATA + "}",
+        '{"event":"something.new","data":{"a":{"b":[1,2.5,true,null]}}}',
+        '{"data":{"generationId":"a"}}',
+        '{"event":"generation.succeeded","data":{"generationId":"a"}} trailing',
+        '["generation.succeeded"]',
+        '{"event":"generation.succeeded","data":{"generationId":5}}',
+        '\ufeff{"event":"generation.succeeded","data":{"generationId":"a"}}',
+    ],
+)
+@pytest.mark.parametrize("name", ["generation.succeeded", "generation.failed", "something.new"])
+def test_one_pass_parse_agrees_with_the_strict_path(body: str, name: str) -> None:
+    raw = body.encode()
+    strict = _strict(raw)
+    got = _one_pass(raw, name)
+    assert got == strict
+    assert type(got) is type(strict)
+
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**22), 10**22)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "b", "id", "png", "width"]), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.sampled_from(["generation.succeeded", "generation.failed", "x.y"]),
+    st.dictionaries(
+        st.sampled_from(["generationId", "id", "outputs", "costCredits", "createdAt", "z"]),
+        _values,
+        max_size=5,
+    ),
+    st.booleans(),
+)
+def test_one_pass_parse_agrees_on_generated_bodies(
+    name: str, data: dict[str, object], duplicate: bool
+) -> None:
+    text = json.dumps({"event": name, "data": data}, allow_nan=True, separators=(",", ":"))
+    if duplicate and data:
+        first = next(iter(data))
+        text = text[:-2] + f',"{first}":1' + "}}"
+    raw = text.encode()
+    strict = _strict(raw)
+    assert _one_pass(raw, name) == strict

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gptimg_webhooks import InvalidPayload
-from gptimg_webhooks._core.strictjson import MAX_DEPTH, loads
+from gptimg_webhooks._core.strictjson import MAX_DEPTH, key_count, loads, plain
 
 
 @pytest.mark.parametrize(
@@ -84,3 +84,26 @@ def test_text_no_store_can_keep_is_refused(body: bytes) -> None:
 
 def test_escaped_surrogate_pairs_are_one_character_and_pass() -> None:
     assert loads(b'{"e":"\\ud83d\\ude00"}') == {"e": "\U0001f600"}
+
+
+def test_plain_vouches_for_a_provider_body_and_counts_its_keys() -> None:
+    raw = (
+        b'{"event":"generation.succeeded","data":{"generationId":"gen_1","outputs":'
+        b'[{"png":"https://cdn.example/0.png","width":1024}],"note":"caf\xc3\xa9"}}'
+    )
+    assert plain(raw)
+    assert key_count(raw) == 7
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a":"\\u00e9"}',
+        b'{"a":"\xff"}',
+        b'\xef\xbb\xbf{"a":1}',
+        b'{"a" :1}',
+        b'{"a":"\x01"}',
+    ],
+)
+def test_plain_sends_anything_doubtful_to_the_strict_parser(raw: bytes) -> None:
+    assert not plain(raw)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
+from . import strictjson
 from .errors import InvalidPayload
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Output",
     "UnknownEvent",
     "parse_event",
+    "parse_event_json",
 ]
 
 
@@ -104,6 +106,8 @@ _MODELS: dict[str, type[GenerationSucceeded] | type[GenerationFailed]] = {
     "generation.failed": GenerationFailed,
 }
 EVENT_TYPES: frozenset[str] = frozenset(_MODELS)
+# Every model a parsed event can hold (Any fields hold plain dicts and lists).
+_MODEL_TYPES = frozenset({GenerationSucceeded, GenerationFailed, UnknownEvent, Generation, Output})
 
 
 def parse_event(payload: Any) -> Event:
@@ -121,3 +125,62 @@ def parse_event(payload: Any) -> Event:
         where = ".".join(str(p) for p in first["loc"])
         # Field paths and pydantic's wording only: never the offending value itself.
         raise InvalidPayload(f"{where}: {first['msg']}") from None
+
+
+class _Doubt(Exception):
+    """The one-pass parse cannot vouch for this body: parse it the strict way."""
+
+
+def _keys(node: Any, depth: int) -> int:
+    """Count the keys under ``node`` (a model, dict or list at ``depth``); raise _Doubt."""
+    if depth > strictjson.MAX_DEPTH:
+        raise _Doubt
+    kind = type(node)
+    children: Any
+    if kind in _MODEL_TYPES:
+        count = len(node.__pydantic_fields_set__)  # extra keys included
+        extra = node.__pydantic_extra__
+        children = (
+            node.__dict__.values() if not extra else [*node.__dict__.values(), *extra.values()]
+        )
+    elif kind is dict:
+        count = len(node)
+        children = node.values()
+    else:
+        count = 0
+        children = node
+    bound = strictjson.NUMBER_BOUND
+    for child in children:
+        kind = type(child)
+        if kind is int or kind is float:
+            # Over-long integers and overflowing floats (also where a float field took
+            # an integer): strictjson refuses them, so let it.
+            if not -bound < child < bound:
+                raise _Doubt
+        elif kind is list or kind is dict or kind in _MODEL_TYPES:
+            count += _keys(child, depth + 1)
+    return count
+
+
+def parse_event_json(body: bytes, name: str) -> Event:
+    """Parse ``body`` for a delivery announced as ``name``: :func:`parse_event` of strict JSON.
+
+    One pass straight into the typed model when the body is :func:`strictjson.plain` and
+    the model kept every key the body has (no duplicate was dropped), the body's own
+    ``event`` is ``name``, nesting is within bounds and every float is finite; otherwise
+    (or on any validation error) the strict two-pass path decides, so the outcome and the
+    errors are the same either way.
+    """
+    if strictjson.plain(body):
+        model = _MODELS.get(name, UnknownEvent)
+        try:
+            event = model.model_validate_json(body)
+            if (
+                event.event == name
+                and "event" in event.__pydantic_fields_set__
+                and _keys(event, 1) == strictjson.key_count(body)
+            ):
+                return event
+        except (ValidationError, _Doubt):
+            pass
+    return parse_event(strictjson.loads(body))

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from . import strictjson
 from .errors import (
     EventMismatch,
     InvalidHeaders,
@@ -29,7 +28,7 @@ from .errors import (
     UnsupportedEncoding,
     WebhookError,
 )
-from .events import Event, parse_event
+from .events import Event, parse_event_json
 from .ledger import Entry
 
 if TYPE_CHECKING:
@@ -151,12 +150,13 @@ class Verified:
 def collect_headers(headers: Headers) -> tuple[list[str], ...]:
     """Pick the headers the protocol reads, keeping every repeated value."""
     found: tuple[list[str], ...] = ([], [], [], [])
-    items = headers.items() if isinstance(headers, Mapping) else headers
+    # A list (ASGI, WSGI adapters) skips the Mapping test, an ABC check.
+    items = (
+        headers if type(headers) is list or not isinstance(headers, Mapping) else headers.items()
+    )
+    by_bytes, by_text = _WANTED_BYTES.get, _WANTED.get
     for name, value in items:
-        if isinstance(name, bytes):
-            slot = _WANTED_BYTES.get(name.lower())
-        else:
-            slot = _WANTED.get(name.lower())
+        slot = by_bytes(name.lower()) if isinstance(name, bytes) else by_text(name.lower())
         if slot is not None:
             found[slot].append(value.decode("latin-1") if isinstance(value, bytes) else value)
     return found
@@ -241,7 +241,7 @@ def verify_request(
         raise InvalidHeaders("X-Gptimg-Event is not an event name")
     key = hashlib.sha256(body).hexdigest()
     try:
-        event = parse_event(strictjson.loads(body))
+        event = parse_event_json(body, event_header)
     except InvalidPayload as exc:
         exc.entry = Entry(key, delivery_id, event_header, None, body)
         raise

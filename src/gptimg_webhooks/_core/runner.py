@@ -16,13 +16,11 @@ out, are run again from their stored body.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -127,7 +125,8 @@ def execute(
                 run = delivery if tx is None else replace(delivery, transaction=tx)
                 for func, wants_delivery, is_async in handlers:
                     result = func(event, run) if wants_delivery else func(event)
-                    if is_async or asyncio.iscoroutine(result):
+                    # None first: iscoroutine() pays an ABC check for every other type.
+                    if is_async or (result is not None and asyncio.iscoroutine(result)):
                         store.run_async(result)
                 if tx is not None:
                     store.check_transaction(tx)
@@ -286,6 +285,28 @@ async def asettle_failure(
         return False
 
 
+class _Holding:
+    """The ``with`` block of :meth:`Keeper.holding` (a class: no generator per run)."""
+
+    __slots__ = ("keeper", "key", "token")
+
+    def __init__(self, keeper: Keeper, key: str, token: str) -> None:
+        self.keeper, self.key, self.token = keeper, key, token
+
+    def __enter__(self) -> None:
+        keeper = self.keeper
+        keeper.start()
+        with keeper._lock:
+            keeper._held[self.key] = _Held(self.token, time.monotonic())
+
+    def __exit__(self, *exc: object) -> None:
+        keeper = self.keeper
+        with keeper._lock:
+            held = keeper._held.get(self.key)
+            if held is not None and held.token == self.token:
+                del keeper._held[self.key]
+
+
 @dataclass(slots=True)
 class _Held:
     token: str
@@ -322,19 +343,9 @@ class Keeper:
 
     # Registration (any thread) ---------------------------------------------------
 
-    @contextlib.contextmanager
-    def holding(self, key: str, token: str) -> Iterator[None]:
+    def holding(self, key: str, token: str) -> _Holding:
         """Renew ``key``'s lease in the background while the block runs."""
-        self.start()
-        with self._lock:
-            self._held[key] = _Held(token, time.monotonic())
-        try:
-            yield
-        finally:
-            with self._lock:
-                held = self._held.get(key)
-                if held is not None and held.token == token:
-                    del self._held[key]
+        return _Holding(self, key, token)
 
     def settle_later(self, key: str, token: str, error: str | None) -> None:
         """Land a done mark (``error`` None), or hand a lease back as failed, later."""

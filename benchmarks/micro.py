@@ -1,0 +1,344 @@
+"""The in-process suite: one delivery through the library beside the hand-written floor and
+the peers (``standardwebhooks``, ``svix``, ``stripe``) verifying the same body under their own
+schemes. Rounds are interleaved; each figure is the median of the rounds, with its spread.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import hashlib
+import hmac
+import json
+import os
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from gptimg_webhooks import Webhooks
+from gptimg_webhooks._core.events import GenerationSucceeded
+from gptimg_webhooks.stores.memory import MemoryStore
+
+from .common import EVENT, KEY, SECRET, body, headers, paired_ratio, summary
+
+#: BENCH_SCALE shrinks every batch (the smoke test runs the suite in seconds with 0.02).
+_SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+Batch = list[Any]
+# A variant: (prepare(n, round) -> batch, run(batch) -> None)
+Variant = tuple[Callable[[int, int], Batch], Callable[[Batch], None]]
+
+
+def _noop(event: object) -> None:
+    pass
+
+
+def _signed(n: int, tag: str, size: int = 0) -> Batch:
+    return [(p, headers(p)) for p in (body(f"{tag}{i}", size) for i in range(n))]
+
+
+# The library ------------------------------------------------------------------------
+
+
+def library(reply_deadline: float | None = 4.0, handlers: int = 1, size: int = 0) -> Variant:
+    hooks = Webhooks(
+        SECRET,
+        store=MemoryStore(max_records=1_000_000),
+        include_shared=False,
+        reply_deadline=reply_deadline,
+    )
+    for _ in range(handlers):
+        hooks.on(EVENT)(_noop)
+    handle = hooks.handle
+
+    def prepare(n: int, r: int) -> Batch:
+        return _signed(n, f"lib{id(hooks)}r{r}i", size)
+
+    def run(batch: Batch) -> None:
+        for payload, head in batch:
+            handle("POST", head, payload)
+
+    return prepare, run
+
+
+def library_duplicate(reply_deadline: float | None = 4.0) -> Variant:
+    """Every delivery is a retry of one the ledger marked done already."""
+    prepare0, run0 = library(reply_deadline)
+    hooks_run = run0
+
+    def prepare(n: int, r: int) -> Batch:
+        batch = prepare0(n, r)
+        hooks_run(batch)  # the first copies: processed, not timed
+        return batch
+
+    return prepare, hooks_run
+
+
+# The hand-written floor ---------------------------------------------------------------
+
+
+def hand_written(pads: bool = False, size: int = 0) -> Variant:
+    """HMAC + compare_digest + a bounded-dict dedup + model_validate_json + the handler."""
+    seen: OrderedDict[str, None] = OrderedDict()
+    limit = 1_000_000
+    handler = _noop
+    if pads:
+        block = KEY.ljust(64, b"\0")
+        inner0 = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        outer0 = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+        def digest(payload: bytes) -> str:
+            inner = inner0.copy()
+            inner.update(payload)
+            outer = outer0.copy()
+            outer.update(inner.digest())
+            return outer.hexdigest()
+
+    else:
+
+        def digest(payload: bytes) -> str:
+            return hmac.new(KEY, payload, hashlib.sha256).hexdigest()
+
+    def receive(payload: bytes, head: list[tuple[bytes, bytes]]) -> int:
+        found = dict(head)
+        sig = found.get(b"x-gptimg-signature", b"").decode()
+        if not hmac.compare_digest(digest(payload), sig):
+            return 401
+        key = hashlib.sha256(payload).hexdigest()
+        if key in seen:
+            return 200
+        event = GenerationSucceeded.model_validate_json(payload)
+        handler(event)
+        seen[key] = None
+        if len(seen) > limit:
+            seen.popitem(last=False)
+        return 200
+
+    def prepare(n: int, r: int) -> Batch:
+        return _signed(n, f"hw{id(seen)}{pads}r{r}i", size)
+
+    def run(batch: Batch) -> None:
+        for payload, head in batch:
+            receive(payload, head)
+
+    return prepare, run
+
+
+def sha256_only() -> Variant:
+    def prepare(n: int, r: int) -> Batch:
+        return [body(f"sha{r}i{i}") for i in range(n)]
+
+    def run(batch: Batch) -> None:
+        for payload in batch:
+            hashlib.sha256(payload).digest()
+
+    return prepare, run
+
+
+# Peers, each under its own scheme -------------------------------------------------------
+
+PEER_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+
+
+def standard_webhooks() -> Variant:
+    from standardwebhooks.webhooks import Webhook
+
+    hook = Webhook(PEER_SECRET)
+
+    def prepare(n: int, r: int) -> Batch:
+        out = []
+        for i in range(n):
+            payload = body(f"sw{r}i{i}")
+            msg_id = f"msg_{uuid.uuid4().hex}"
+            now = datetime.now(tz=timezone.utc)
+            sig = hook.sign(msg_id, now, payload.decode())
+            head = {
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": sig,
+            }
+            out.append((payload, head))
+        return out
+
+    def run(batch: Batch) -> None:
+        for payload, head in batch:
+            hook.verify(payload, head)
+
+    return prepare, run
+
+
+def svix_verify() -> Variant:
+    from svix.webhooks import Webhook
+
+    hook = Webhook(PEER_SECRET)
+
+    def prepare(n: int, r: int) -> Batch:
+        out = []
+        for i in range(n):
+            payload = body(f"sx{r}i{i}")
+            msg_id = f"msg_{uuid.uuid4().hex}"
+            now = datetime.now(tz=timezone.utc)
+            sig = hook.sign(msg_id, now, payload.decode())
+            head = {
+                "svix-id": msg_id,
+                "svix-timestamp": str(int(now.timestamp())),
+                "svix-signature": sig,
+            }
+            out.append((payload, head))
+        return out
+
+    def run(batch: Batch) -> None:
+        for payload, head in batch:
+            verified = hook.verify(payload, head)
+            if isinstance(verified, str | bytes):
+                json.loads(verified)
+
+    return prepare, run
+
+
+def stripe_construct() -> Variant:
+    import stripe
+
+    secret = "whsec_test_0123456789"
+
+    def prepare(n: int, r: int) -> Batch:
+        out = []
+        for i in range(n):
+            payload = body(f"st{r}i{i}")
+            stamp = int(time.time())
+            mac = hmac.new(
+                secret.encode(), f"{stamp}.".encode() + payload, hashlib.sha256
+            ).hexdigest()
+            out.append((payload, f"t={stamp},v1={mac}"))
+        return out
+
+    def run(batch: Batch) -> None:
+        for payload, head in batch:
+            stripe.Webhook.construct_event(payload, head, secret)
+
+    return prepare, run
+
+
+# Running ------------------------------------------------------------------------------
+
+
+def interleave(
+    variants: dict[str, Variant], n: int | dict[str, int], rounds: int
+) -> dict[str, list[float]]:
+    """Run every variant once per round, in a rotating order; return µs per delivery."""
+    names = list(variants)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            prepare, run = variants[name]
+            count = max(10, int((n[name] if isinstance(n, dict) else n) * _SCALE))
+            batch = prepare(count, r)
+            gc.collect()
+            started = time.perf_counter()
+            run(batch)
+            out[name].append((time.perf_counter() - started) / count * 1e6)
+    return out
+
+
+def _peers() -> dict[str, Variant]:
+    found: dict[str, Variant] = {}
+    for name, factory in (
+        ("standardwebhooks Webhook.verify", standard_webhooks),
+        ("svix Webhook.verify + json.loads", svix_verify),
+        ("stripe Webhook.construct_event", stripe_construct),
+    ):
+        try:
+            found[name] = factory()
+        except ImportError:
+            print(f"  (skipped {name}: install the 'bench' extra)")
+    return found
+
+
+def headline(quick: bool) -> dict[str, Any]:
+    """The per-delivery figures of targets 1: library, floor, peers, in one interleaved run."""
+    variants: dict[str, Variant] = {
+        "library, reply_deadline=4.0 (default)": library(4.0),
+        "library, reply_deadline=None": library(None),
+        "library, duplicate (default)": library_duplicate(4.0),
+        "library, duplicate, reply_deadline=None": library_duplicate(None),
+        "hand-written": hand_written(False),
+        "hand-written, precomputed pads": hand_written(True),
+        **_peers(),
+        "SHA-256 of the body alone": sha256_only(),
+    }
+    n, rounds = (1000, 5) if quick else (3000, 11)
+    for _, (prepare, run) in variants.items():  # warm every path once
+        run(prepare(200, -1))
+    samples = interleave(variants, n, rounds)
+    return _figures(samples, "hand-written")
+
+
+def _figures(samples: dict[str, list[float]], base: str) -> dict[str, Any]:
+    return {
+        name: {
+            "us": summary(values),
+            f"vs {base}": paired_ratio(values, samples[base]),
+        }
+        for name, values in samples.items()
+    }
+
+
+def ratios(samples: dict[str, list[float]], a: str, b: str) -> dict[str, float]:
+    return paired_ratio(samples[a], samples[b])
+
+
+def body_sizes(quick: bool) -> dict[str, Any]:
+    """Cost against body size: the library (inline) beside the hand-written floor."""
+    sizes: Sequence[int] = (
+        (345, 4096, 65536, 1 << 20) if quick else (345, 4096, 65536, 262144, 1 << 20)
+    )
+    out: dict[str, Any] = {}
+    for size in sizes:
+        n = max(20, min(2000, 600_000 // size)) if not quick else max(10, min(500, 200_000 // size))
+        variants = {
+            "library": library(None, size=size if size > 345 else 0),
+            "hand-written": hand_written(False, size=size if size > 345 else 0),
+        }
+        samples = interleave(variants, n, 3 if quick else 7)
+        out[str(size)] = _figures(samples, "hand-written")
+    return out
+
+
+def handler_counts(quick: bool) -> dict[str, Any]:
+    """Cost against the number of handlers a delivery runs (inline, no-op handlers)."""
+    counts = (1, 4, 16, 64)
+    variants = {str(c): library(None, handlers=c) for c in counts}
+    samples = interleave(variants, 500 if quick else 2000, 3 if quick else 7)
+    return {name: {"us": summary(v)} for name, v in samples.items()}
+
+
+def profile(quick: bool, top: int = 14) -> dict[str, Any]:
+    """Where the full path's time goes: cProfile of the library, own time per function."""
+    import cProfile
+    import pstats
+
+    prepare, run = library(None)
+    run(prepare(200, -1))
+    batch = prepare(max(10, int((1000 if quick else 3000) * _SCALE)), 0)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run(batch)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
+    rows = []
+    for (path, line, func), (_, calls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = path.split("/src/")[-1] if "/src/" in path else path.rsplit("/", 1)[-1]
+        rows.append(
+            {
+                "function": f"{where}:{line}({func})" if line else func,
+                "calls_per_delivery": calls / len(batch),
+                "own_share": own / total if total else 0.0,
+                "cumulative_share": cumulative / total if total else 0.0,
+            }
+        )
+    rows.sort(key=lambda r: r["own_share"], reverse=True)
+    return {"deliveries": len(batch), "reply_deadline": None, "top": rows[:top]}

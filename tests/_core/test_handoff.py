@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import pytest
+
+from gptimg_webhooks._core.handoff import Runners
+
+
+def test_a_call_runs_in_another_thread_and_returns_its_value() -> None:
+    runners = Runners(max_threads=2)
+    assert runners.submit(lambda a, b: (a + b, threading.current_thread().name), 2, 3).result(
+        timeout=5
+    ) == (5, "gptimg-webhooks-run")
+    runners.close(wait=True)
+
+
+def test_a_timeout_raises_and_the_result_still_comes_later() -> None:
+    runners = Runners()
+    gate = threading.Event()
+    pending = runners.submit(lambda: gate.wait(5) and "late")
+    with pytest.raises(concurrent.futures.TimeoutError):
+        pending.result(timeout=0.05)
+    gate.set()
+    assert pending.result() == "late"
+    assert pending.result(timeout=0) == "late"  # read again at once
+    runners.close(wait=True)
+
+
+def test_the_calls_exception_reaches_the_waiter() -> None:
+    runners = Runners()
+
+    def broken() -> None:
+        raise ValueError("broken")
+
+    with pytest.raises(ValueError, match="broken"):
+        runners.submit(broken).result(timeout=5)
+    runners.close(wait=True)
+
+
+def test_sequential_calls_reuse_one_thread_and_close_stops_it() -> None:
+    runners = Runners(max_threads=8)
+    names = {runners.submit(threading.get_ident).result(timeout=5) for _ in range(50)}
+    assert len(names) == 1
+    threads = list(runners._threads)
+    runners.close(wait=True)
+    assert not any(t.is_alive() for t in threads)
+    with pytest.raises(RuntimeError):
+        runners.submit(int)
+
+
+def test_concurrent_calls_get_threads_up_to_the_bound() -> None:
+    runners = Runners(max_threads=3)
+    gate = threading.Event()
+    pendings = [runners.submit(lambda: (gate.wait(5), threading.get_ident())[1]) for _ in range(6)]
+    gate.set()
+    idents = {p.result(timeout=5) for p in pendings}
+    assert 1 <= len(idents) <= 3
+    assert len(runners._threads) == 3
+    runners.close(wait=True)

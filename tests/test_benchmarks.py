@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_benchmark_command_runs_quickly_and_writes_its_outputs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the bench extra draws the plots")
+    out, docs = tmp_path / "results.json", tmp_path / "docs"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--only",
+            "micro,ledgers",
+            "--out",
+            str(out),
+            "--docs",
+            str(docs),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_SCALE": "0.02"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    headline = results["micro"]["headline"]
+    assert "hand-written" in headline
+    assert all(entry["us"]["median"] > 0 for entry in headline.values())
+    assert results["ledgers"]["by_size"]["memory"]["growth"] > 0
+    assert any(row["target"].startswith("in process") for row in results["targets"])
+    page = (docs / "benchmarks.md").read_text()
+    assert "## Targets" in page
+    assert "## One delivery in process" in page
+    for name in ("in_process.png", "body_size.png", "ledger_size.png"):
+        assert (docs / "benchmarks" / name).stat().st_size > 1000
+    # Comparing a run with itself flags nothing.
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json,sys; from benchmarks.report import compare; "
+            f"r=json.load(open({str(out)!r})); print(len(compare(r, r)))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert again.stdout.strip() == "0"
