@@ -213,6 +213,7 @@ class Webhooks:
             store = open_url(store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
         self.store: Store = store
         self.path = path
+        self._guard_counter = f"guard:{path}"
         if max_body_size <= 0:
             raise ConfigurationError("max_body_size must be positive")
         self.max_body_size = max_body_size
@@ -295,7 +296,7 @@ class Webhooks:
     @property
     def guard_counter(self) -> str:
         """Name the ledger counter of this endpoint's consecutive non-2xx answers."""
-        return f"guard:{self.path}"
+        return self._guard_counter
 
     @property
     def guard_limit(self) -> int:
@@ -304,6 +305,8 @@ class Webhooks:
 
     def counter_for(self, key: str) -> str:
         """Name the guard counter of the endpoint a record ``key`` came through."""
+        if self.accounts is None:  # the hot path of a one-account receiver: no parsing
+            return self._guard_counter
         account = _account_of(key)
         return self.guard_counter if account is None else f"guard:account:{account}"
 
@@ -707,7 +710,7 @@ class Webhooks:
             verified.match,
             self.clock(),
             attempt,
-            account=_account_of(verified.entry.key),
+            account=None if self.accounts is None else _account_of(verified.entry.key),
         )
 
     def run_record(self, record: Record, claim: Claim, *, backoff: Backoff | None = None) -> str:
