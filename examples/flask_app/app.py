@@ -16,7 +16,7 @@ from flask import Flask, Response, jsonify
 from gptimg_webhooks import Delivery, GenerationFailed, GenerationSucceeded
 from gptimg_webhooks.flask import GptimgWebhooks
 from gptimg_webhooks.testing import Gallery, render_gallery
-from gptimg_webhooks.testing.gallery import demo_plan
+from gptimg_webhooks.testing.gallery import demo_plan, example_options
 
 DATA_DIR = os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or Path(__file__).parent / "data"
 gallery = Gallery(DATA_DIR)  # SQLite: every worker process sees the same rows
@@ -36,6 +36,8 @@ def record(event: GenerationSucceeded | GenerationFailed, delivery: Delivery) ->
 def create_app() -> Flask:
     """Build the app; GPTIMG_WEBHOOK_SECRET and GPTIMG_WEBHOOK_STORE come from the environment."""
     app = Flask(__name__)
+    # Other Webhooks(...) arguments (max_event_age, retention, ...) as JSON, for tests.
+    app.config["GPTIMG_WEBHOOK_OPTIONS"] = example_options()
     webhooks.init_app(app)
 
     @app.get("/")

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,39 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class Server:
+    """A started server: its base URL and the process that leads its process group."""
+
+    base: str
+    proc: subprocess.Popen[bytes]
+
+    def pids(self) -> list[int]:
+        """Return the ids of every live process of the server's group (master and workers)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getpgid(int(entry.name)) == self.proc.pid:
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return sorted(found)
+
+    def rss(self) -> int:
+        """Return the summed resident memory of the server's processes, in bytes."""
+        total = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total
+
+
 @contextmanager
 def running(
     argv: list[str],
@@ -37,6 +71,21 @@ def running(
     timeout: float = 30.0,
 ) -> Iterator[str]:
     """Run ``argv`` until the block ends; yield its base URL once ``ready_path`` answers."""
+    with started(argv, port=port, env=env, cwd=cwd, ready_path=ready_path, timeout=timeout) as s:
+        yield s.base
+
+
+@contextmanager
+def started(
+    argv: list[str],
+    *,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+    ready_path: str = "/generations",
+    timeout: float = 30.0,
+) -> Iterator[Server]:
+    """Run ``argv`` until the block ends; yield it as a :class:`Server` once it answers."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile() as log:
@@ -67,7 +116,7 @@ def running(
                     )
                 time.sleep(0.1)
             try:
-                yield base
+                yield Server(base, proc)
             except BaseException as exc:
                 # A failure against a server is only diagnosable with the server's own log.
                 log.seek(0)

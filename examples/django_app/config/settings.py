@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gptimg_webhooks.testing.gallery import example_options
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or BASE_DIR / "data")
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -71,6 +73,8 @@ DATABASES = {
 GPTIMG_WEBHOOKS = {
     "SECRET": os.environ.get("GPTIMG_WEBHOOK_SECRET"),
     "STORE": os.environ.get("GPTIMG_WEBHOOK_STORE") or "django://",
+    # Other options as JSON in GPTIMG_WEBHOOK_OPTIONS, e.g. {"max_event_age": 3600}, for tests.
+    **{key.upper(): value for key, value in example_options().items()},
 }
 
 LOGGING = {

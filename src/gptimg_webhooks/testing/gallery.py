@@ -10,17 +10,43 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Mapping
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
+from gptimg_webhooks._core.errors import ConfigurationError
 from gptimg_webhooks._core.events import Event
 from gptimg_webhooks.stores.sqlite import enable_wal
 
-__all__ = ["DATA_DIR_ENV", "Gallery", "demo_plan", "render_gallery"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "OPTIONS_ENV",
+    "Gallery",
+    "demo_plan",
+    "example_options",
+    "render_gallery",
+]
 
 DATA_DIR_ENV = "GPTIMG_EXAMPLE_DATA_DIR"
+#: JSON object of extra ``Webhooks(...)`` arguments for the examples, e.g.
+#: ``{"max_event_age": 3600, "retention": 60}``: how tests and ``scripts/soak`` tune them.
+OPTIONS_ENV = "GPTIMG_WEBHOOK_OPTIONS"
+
+
+def example_options(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Return the ``Webhooks(...)`` arguments in ``$GPTIMG_WEBHOOK_OPTIONS`` (JSON), or ``{}``."""
+    raw = (os.environ if environ is None else environ).get(OPTIONS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        raise ConfigurationError(f"{OPTIONS_ENV} is not JSON") from None
+    if not isinstance(found, dict):
+        raise ConfigurationError(f"{OPTIONS_ENV} must be a JSON object")
+    return found
 
 
 #: Generation id prefix -> (seconds the handler takes, attempts that fail first).
