@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from gptimg_webhooks._core.errors import TransactionAborted
 from gptimg_webhooks._core.ledger import ClaimStatus, Entry, State, Store
 
 LEASE = 60.0
@@ -754,6 +755,10 @@ class ServerTimeConformance:
 class TransactionalConformance:
     """For transactional stores: needs an ``effects`` fixture (an :class:`Effects`)."""
 
+    #: True on a database with one writer at a time (SQLite): while a handler's writes
+    #: hold its write lock no other connection writes, so no renewal can either.
+    single_writer = False
+
     def test_handler_write_and_done_mark_commit_together(
         self, store: Store, effects: Effects
     ) -> None:
@@ -805,37 +810,54 @@ class TransactionalConformance:
     def test_renewal_from_another_thread_while_the_transaction_is_open(
         self, store: Store, effects: Effects, reopen: Reopen
     ) -> None:
+        key = entry(1).key
         claim = store.claim(entry(1), lease=SHORT)
-        renewer = reopen()
+        renewer, rival = reopen(), reopen()
+        # Outside the transaction: leaving the pool waits for its calls, and the rival's
+        # claim below waits for the commit.
+        pool = ThreadPoolExecutor(1)
         try:
             with store.transaction() as tx:
-                effects.write(tx, "slow")
+                if not self.single_writer:
+                    effects.write(tx, "slow")
                 for _ in range(3):  # the handler outlives its first lease
                     time.sleep(SHORT / 2)
-                    with ThreadPoolExecutor(1) as pool:
-                        renewed = pool.submit(
-                            renewer.renew, entry(1).key, claim.token, lease=SHORT
-                        ).result(timeout=10)
-                    assert renewed
-                assert store.complete(entry(1).key, claim.token)
+                    renewal = pool.submit(renewer.renew, key, claim.token, lease=SHORT)
+                    assert renewal.result(timeout=10)
+                if self.single_writer:
+                    # The handler's first write takes the database's one write lock: from
+                    # then on every other writer waits for the commit, a renewal as much
+                    # as a rival taking the lease over once it ran out.
+                    effects.write(tx, "slow")
+                    expire()
+                    taken = pool.submit(rival.claim, entry(1), lease=LEASE)
+                    time.sleep(SHORT / 2)
+                    assert not taken.done()
+                assert store.complete(key, claim.token)
+            if self.single_writer:
+                assert taken.result(timeout=10).status is ClaimStatus.DONE
         finally:
+            pool.shutdown()
             renewer.close()
+            rival.close()
         assert effects.rows() == ["slow"]
 
     def test_check_transaction_blames_the_handler_for_its_own_sql_error(
         self, store: Store, effects: Effects
     ) -> None:
-        from gptimg_webhooks import TransactionAborted
+        claim = store.claim(entry(1), lease=LEASE)
 
-        store.claim(entry(1), lease=LEASE)
-
-        def handler_part() -> None:
+        def handler_then_check() -> None:
             with store.transaction() as tx:
+                effects.write(tx, "lost")
                 effects.break_transaction(tx)  # a handler that caught its own SQL error
                 store.check_transaction(tx)
 
+        # TransactionAborted is a handler failure (HandlerFailed), never StoreUnavailable.
         with pytest.raises(TransactionAborted):
-            handler_part()
+            handler_then_check()
+        assert effects.rows() == []
+        assert store.fail(entry(1).key, claim.token, "TransactionAborted")
 
 
 class AsyncTransactionalConformance:

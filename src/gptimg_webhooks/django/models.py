@@ -62,9 +62,9 @@ class Delivery(models.Model):
 
 
 class Counter(models.Model):
-    """Counters shared by every process, e.g. consecutive handler failures."""
+    """Counters shared by every process, e.g. a failure streak (names up to 255 chars)."""
 
-    name: models.CharField[str, str] = models.CharField(max_length=32, primary_key=True)
+    name: models.CharField[str, str] = models.CharField(max_length=255, primary_key=True)
     value: models.IntegerField[int, int] = models.IntegerField(default=0)
 
     class Meta:

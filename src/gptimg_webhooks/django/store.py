@@ -1,39 +1,48 @@
 """The Django ORM ledger: ``django://`` (the ``default`` database) or ``django://<alias>``.
 
 Transactional: the receiver runs a delivery's handlers and its done mark inside one
-``transaction.atomic(using=alias)`` block, so a handler's own ORM writes and the done mark
-commit together, or roll back together when a handler raises.
+``transaction.atomic(using=alias)`` block, so a handler's own ORM writes (sync, or async
+through :meth:`DjangoStore.run_async`) and the done mark commit together, or roll back
+together when a handler raises.
 
-Claims never join a caller's transaction on purpose: the view is exempt from
+Arrivals never join a caller's transaction on purpose: the view is exempt from
 ``ATOMIC_REQUESTS`` so a claim commits at once and concurrent duplicates see it. Every
-state change is one conditional ``UPDATE`` (compare-and-set on state, lease and fencing
-token), which PostgreSQL and SQLite both run atomically; ``lease_pending`` uses
-``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it.
+state change is one conditional ``UPDATE`` (compare-and-set), its ``WHERE`` and ``SET``
+generated from the :class:`~gptimg_webhooks._core.ledger.Transition`; PostgreSQL and
+SQLite both run it atomically. "Now" is PostgreSQL's own clock inside the statements
+there (``server_time``), the host's ``time.time()`` on other databases.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, TypeVar
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from functools import partial, reduce
+from operator import or_
+from typing import Any
 from urllib.parse import urlsplit
 
+from asgiref.sync import async_to_sync
 from django.db import DatabaseError, IntegrityError, connections, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Expression, F, FloatField, Q, QuerySet
+from django.db.models.expressions import RawSQL
 
-from .._core.errors import ConfigurationError, StoreUnavailable
-from .._core.ledger import Claim, ClaimStatus, Entry, Record, State, Store
+from .._core.errors import ConfigurationError, StoreUnavailable, TransactionAborted
+from .._core.ledger import LEASE, Applied, Entry, Record, Source, State, Store, Transition
 from ..stores.memory import new_token
 from .models import Counter, Delivery
 
 __all__ = ["DjangoStore"]
 
-_T = TypeVar("_T")
-_FINISHED = (State.DONE.value, State.FAILED.value, State.DEAD.value)
-_FAILURES = "failures"
-
+#: Rows one pruning DELETE removes: each batch is its own short write.
+_PRUNE_BATCH = 500
+#: libpq's PQTRANS_INERROR, the same number in psycopg 2 and 3.
+_PQTRANS_INERROR = 3
+#: A time as the database computes it (PostgreSQL) or as this host gives it.
+_Now = Expression | float
 
 #: Connections a forked child inherited; kept referenced so that it never closes them,
 #: which would end its parent's database sessions.
@@ -67,13 +76,68 @@ def _record(row: Delivery) -> Record:
     )
 
 
+#: What a source with a condition beyond the state means as a row filter, given the
+#: store's now and the caller's token (None: it cannot match, e.g. HELD without a token).
+#: The others (FAILED, DEAD) are their state alone.
+_SOURCES: dict[Source, Callable[[_Now, str], Q | None]] = {
+    Source.DUE: lambda now, token: (
+        Q(state=State.PENDING.value) & (Q(available_at__isnull=True) | Q(available_at__lte=now))
+    ),
+    Source.EXPIRED: lambda now, token: (
+        Q(state=State.PROCESSING.value) & (Q(lease_until__isnull=True) | Q(lease_until__lte=now))
+    ),
+    Source.HELD: lambda now, token: Q(state=State.PROCESSING.value, token=token) if token else None,
+}
+
+
+def _where(sources: Collection[Source], now: _Now, token: str = "") -> Q | None:
+    """Translate the existing-row sources into one filter; None when none can match."""
+    parts = [
+        _SOURCES[s](now, token) if s in _SOURCES else Q(state=State(s.value).value)
+        for s in sources
+        if s is not Source.ABSENT
+    ]
+    found = [q for q in parts if q is not None]
+    return reduce(or_, found) if found else None
+
+
+def _changes(
+    t: Transition,
+    now: _Now,
+    *,
+    token: str | None,
+    lease: float,
+    error: str | None,
+    delay: float,
+    attempts: Any,
+) -> dict[str, Any]:
+    """Translate a transition's flags into the columns it sets.
+
+    ``token`` is the new one when ``t.lease``; ``attempts`` is the leased row's new
+    count (``F("attempts") + 1`` for an UPDATE, 1 for an INSERT).
+    """
+    fields: dict[str, Any] = {"state": t.target.value, "updated_at": now}
+    if t.lease:
+        fields |= {"attempts": attempts, "token": token, "lease_until": now + lease}
+    elif t.extend:
+        fields["lease_until"] = now + lease
+    else:
+        fields |= {"token": None, "lease_until": None}
+    fields["available_at"] = now + delay if t.delay else None
+    if t.error:
+        fields["error"] = error
+    if t.clear:
+        fields |= {"body": None, "error": None}
+    return fields
+
+
 class DjangoStore(Store):
     """A ledger in the tables of this app's migrations, on one database alias."""
 
     schemes = ("django",)
     transactional = True
     # Django's transactions belong to a thread: the async driver runs handlers and the
-    # done mark together in one worker thread.
+    # done mark together in one worker thread, and run_async keeps async handlers there.
     async_transactions = False
 
     def __init__(self, alias: str = "default") -> None:
@@ -83,10 +147,17 @@ class DjangoStore(Store):
                 f"django://{alias}: no database {alias!r} in DATABASES (have: {known})"
             )
         self.alias = alias
+        self._postgres = connections[alias].vendor == "postgresql"
+        # PostgreSQL computes "now" inside each statement; elsewhere it is this host's.
+        self.server_time = self._postgres
 
     @classmethod
-    def from_url(cls, url: str) -> DjangoStore:
-        return cls(urlsplit(url).netloc or "default")
+    def from_url(cls, url: str, *, create: bool = True) -> DjangoStore:
+        """Open ``django://<alias>``; migrations own the tables, so ``create`` changes nothing."""
+        parts = urlsplit(url)
+        if parts.path not in ("", "/") or parts.query:
+            raise ConfigurationError(f"{url!r}: a django:// URL names only a database alias")
+        return cls(parts.netloc or "default")
 
     def __repr__(self) -> str:
         return f"DjangoStore({self.alias!r})"
@@ -95,130 +166,122 @@ class DjangoStore(Store):
     def _rows(self) -> QuerySet[Delivery]:
         return Delivery.objects.using(self.alias)
 
+    @property
+    def _counters(self) -> QuerySet[Counter]:
+        return Counter.objects.using(self.alias)
+
+    def _now(self) -> _Now:
+        if self._postgres:
+            return RawSQL(
+                "extract(epoch from statement_timestamp())::float8", (), output_field=FloatField()
+            )
+        return time.time()
+
     @contextmanager
     def _db(self) -> Iterator[None]:
+        """Run the store's own statements: their database errors are StoreUnavailable."""
+        conn = connections[self.alias]
+        if conn.in_atomic_block:
+            self.check_transaction(None)  # a handler's broken transaction is not ours
         try:
             yield
         except DatabaseError as exc:
-            conn = connections[self.alias]
             if not conn.in_atomic_block:
                 # Drop a broken connection now rather than failing every later call on it.
                 conn.close_if_unusable_or_obsolete()
             raise StoreUnavailable(f"Django ledger on {self.alias!r}: {exc}") from exc
 
-    def _insert(self, **fields: Any) -> bool:
-        """Insert a new record; False when its key exists already."""
-        try:
-            # A savepoint when a caller's transaction is open, so a conflict cannot
-            # poison it; plain autocommit otherwise (one round trip).
-            if connections[self.alias].in_atomic_block:
-                with transaction.atomic(using=self.alias):
-                    self._rows.create(**fields)
-            else:
-                self._rows.create(**fields)
-        except IntegrityError:
-            return False
-        return True
+    # Primitives ------------------------------------------------------------------
 
-    def claim(self, entry: Entry, *, now: float, lease: float, defer: bool = False) -> Claim:
-        new = {
+    def apply(
+        self,
+        transition: Transition,
+        key: str,
+        *,
+        entry: Entry | None = None,
+        token: str = "",
+        lease: float = 0.0,
+        error: str | None = None,
+        delay: float = 0.0,
+        counter: str = "",
+    ) -> Applied:
+        now = self._now()
+        fresh = new_token() if transition.lease else None
+        sets = partial(
+            _changes, transition, now, token=fresh, lease=lease, error=error, delay=delay
+        )
+        # The streak's reset commits with the state change or not at all.
+        unit: AbstractContextManager[Any] = (
+            transaction.atomic(using=self.alias, savepoint=False)
+            if transition.ends_streak and counter
+            else nullcontext()
+        )
+        with self._db(), unit:
+            inserted = transition.inserts and entry is not None and self._insert(entry, now, sets)
+            done = inserted
+            if not done:
+                where = _where(transition.sources, now, token)
+                rows = self._rows.filter(Q(key=key) & where) if where is not None else None
+                done = rows is not None and bool(rows.update(**sets(attempts=F("attempts") + 1)))
+            if not done:
+                found = self._rows.filter(key=key).values_list("state", flat=True).first()
+                return Applied(False, State(found) if found is not None else None)
+            if transition.ends_streak and counter:
+                self._counters.filter(name=counter).exclude(value=0).update(value=0)
+            if inserted and not transition.returns_record:
+                return Applied(True, transition.target, int(transition.lease), fresh or "")
+            if not (transition.lease or transition.returns_record):
+                # Callers read attempts and token of leasing transitions only: no read-back.
+                return Applied(True, transition.target, token=token if transition.extend else "")
+            # Read our own lease back by its new token: between the UPDATE and this read
+            # a lease of ~0 s may have been taken over, and then it is not ours.
+            mine = self._rows.filter(key=key, **({"token": fresh} if fresh else {})).first()
+        if mine is None:
+            return Applied(False, State.PROCESSING if fresh else None)
+        record = _record(mine) if transition.returns_record else None
+        return Applied(True, transition.target, mine.attempts, mine.token or "", record)
+
+    def _insert(self, entry: Entry, now: _Now, sets: Callable[..., dict[str, Any]]) -> bool:
+        """Insert ``entry``'s row as ``sets`` leaves it; False when its key exists already."""
+        fields = {
             "key": entry.key,
             "delivery_id": entry.delivery_id,
             "event": entry.event,
             "generation_id": entry.generation_id,
             "body": entry.body,
+            "attempts": 0,
+            "error": None,
             "created_at": now,
-            "updated_at": now,
         }
-        rows = self._rows.filter(key=entry.key)
-        with self._db():
-            for _ in range(3):  # the record may change state between two statements
-                if defer:
-                    if self._insert(state=State.PENDING.value, attempts=0, **new):
-                        return Claim(ClaimStatus.PENDING)
-                    if rows.filter(state=State.FAILED.value).update(
-                        state=State.PENDING.value, token=None, lease_until=None, updated_at=now
-                    ):
-                        return Claim(ClaimStatus.PENDING)
-                else:
-                    token = new_token()
-                    lease_until = now + lease
-                    if self._insert(
-                        state=State.PROCESSING.value,
-                        attempts=1,
-                        token=token,
-                        lease_until=lease_until,
-                        **new,
-                    ):
-                        return Claim(ClaimStatus.CLAIMED, 1, token)
-                    claimable = Q(state=State.FAILED.value) | Q(
-                        state=State.PROCESSING.value, lease_until__lte=now
-                    )
-                    if rows.filter(claimable).update(
-                        state=State.PROCESSING.value,
-                        attempts=F("attempts") + 1,
-                        token=token,
-                        lease_until=lease_until,
-                        updated_at=now,
-                    ):
-                        attempts = rows.filter(token=token).values_list("attempts", flat=True)
-                        found = attempts.first()
-                        if found is None:  # expired and taken over in between
-                            return Claim(ClaimStatus.IN_PROGRESS)
-                        return Claim(ClaimStatus.CLAIMED, found, token)
-                state = rows.values_list("state", flat=True).first()
-                if state == State.DONE.value:
-                    return Claim(ClaimStatus.DONE)
-                if state == State.DEAD.value:
-                    return Claim(ClaimStatus.DEAD)
-                if state == State.PENDING.value or (defer and state is not None):
-                    return Claim(ClaimStatus.PENDING)
-                if state == State.PROCESSING.value:
-                    return Claim(ClaimStatus.IN_PROGRESS)
-                # Failed again or pruned since the statements above: try once more.
-        return Claim(ClaimStatus.IN_PROGRESS)
-
-    def complete(self, key: str, token: str, *, now: float) -> bool:
-        with self._db():
-            done: int = self._rows.filter(
-                key=key, token=token, state=State.PROCESSING.value
-            ).update(
-                state=State.DONE.value,
-                body=None,
-                error=None,
-                token=None,
-                lease_until=None,
-                updated_at=now,
+        row = Delivery(**(fields | sets(attempts=1)))
+        try:
+            # A savepoint when a caller's transaction is open, so a conflict cannot
+            # poison it; plain autocommit otherwise (one round trip).
+            block: AbstractContextManager[Any] = (
+                transaction.atomic(using=self.alias)
+                if connections[self.alias].in_atomic_block
+                else nullcontext()
             )
-            if done:
-                Counter.objects.using(self.alias).filter(name=_FAILURES).exclude(value=0).update(
-                    value=0
-                )
-        return done == 1
+            with block:
+                row.save(using=self.alias, force_insert=True)
+        except IntegrityError:
+            return False
+        return True
 
-    def fail(
-        self,
-        key: str,
-        token: str,
-        error: str,
-        *,
-        now: float,
-        dead: bool = False,
-        retry_at: float | None = None,
-    ) -> bool:
-        state = State.DEAD if dead else State.PENDING if retry_at is not None else State.FAILED
-        with self._db():
-            changed: int = self._rows.filter(
-                key=key, token=token, state=State.PROCESSING.value
-            ).update(
-                state=state.value,
-                error=error,
-                token=None,
-                lease_until=None,
-                available_at=retry_at,
-                updated_at=now,
-            )
-        return changed == 1
+    def due(self, limit: int) -> Sequence[str]:
+        where = _where(LEASE.sources, self._now())
+        conn = connections[self.alias]
+        skip_locked = conn.features.has_select_for_update_skip_locked
+        # Skip rows another runner's open transaction holds (PostgreSQL); SQLite has one
+        # writer, and a read-then-write transaction there could only fail on the upgrade.
+        block: AbstractContextManager[Any] = (
+            transaction.atomic(using=self.alias) if skip_locked else nullcontext()
+        )
+        found = self._rows.filter(where).order_by("updated_at")
+        if skip_locked:
+            found = found.select_for_update(skip_locked=True)
+        with self._db(), block:
+            return list(found.values_list("key", flat=True)[: max(limit, 0)])
 
     def get(self, key: str) -> Record | None:
         with self._db():
@@ -232,97 +295,81 @@ class DjangoStore(Store):
         with self._db():
             return [_record(r) for r in rows[:limit]]
 
-    def replay(self, key: str, *, now: float) -> bool:
+    def prune(self, older_than: float, states: Collection[State] = (State.DONE,)) -> int:
+        old = self._rows.filter(
+            state__in=[s.value for s in states], updated_at__lt=self._now() - older_than
+        )
+        total = 0
         with self._db():
-            changed: int = self._rows.filter(
-                key=key, state__in=(State.FAILED.value, State.DEAD.value)
-            ).update(state=State.PENDING.value, available_at=None, updated_at=now)
-        return changed == 1
+            while True:  # ends: every round deletes a batch, or finds less than one
+                batch = old.order_by().values("key")[:_PRUNE_BATCH]
+                count, _ = self._rows.filter(key__in=batch).delete()
+                total += int(count)
+                if count < _PRUNE_BATCH:
+                    return total
 
-    def prune(self, before: float) -> int:
-        with self._db():
-            count, _ = self._rows.filter(state__in=_FINISHED, updated_at__lt=before).delete()
-        return int(count)
-
-    def record_failure(self, limit: int) -> bool:
-        counters = Counter.objects.using(self.alias).filter(name=_FAILURES)
+    def bump(self, counter: str, limit: int, by: int = 1) -> bool:
+        counters = self._counters.filter(name=counter)
         with self._db(), transaction.atomic(using=self.alias):
             # The UPDATE takes the row's write lock first, so the read below is ours alone.
-            if not counters.update(value=F("value") + 1):
-                Counter.objects.using(self.alias).bulk_create(
-                    [Counter(name=_FAILURES, value=0)], ignore_conflicts=True
-                )
-                counters.update(value=F("value") + 1)
-            count = counters.values_list("value", flat=True).get()
-            if count > limit:
+            if not counters.update(value=F("value") + by):
+                self._counters.bulk_create([Counter(name=counter, value=0)], ignore_conflicts=True)
+                counters.update(value=F("value") + by)
+            if counters.values_list("value", flat=True).get() >= limit:
                 counters.update(value=0)
                 return True
         return False
 
-    def lease_pending(
-        self, *, now: float, lease: float, limit: int = 10
-    ) -> Sequence[tuple[Record, Claim]]:
-        due = Q(state=State.PENDING.value) & (
-            Q(available_at__isnull=True) | Q(available_at__lte=now)
-        ) | Q(state=State.PROCESSING.value, lease_until__lte=now)
-        leased: list[tuple[Record, Claim]] = []
-        skip_locked = connections[self.alias].features.has_select_for_update_skip_locked
-        # Row locks where the database has them (PostgreSQL); SQLite has a single writer
-        # and a read-then-write transaction there could only fail on the lock upgrade.
-        block: AbstractContextManager[Any] = (
-            transaction.atomic(using=self.alias) if skip_locked else nullcontext()
-        )
-        with self._db(), block:
-            candidates = self._rows.filter(due).order_by("updated_at")
-            if skip_locked:
-                candidates = candidates.select_for_update(skip_locked=True)
-            for key in list(candidates.values_list("key", flat=True)[:limit]):
-                token = new_token()
-                # Compare-and-set again: without row locks (SQLite) another worker may
-                # have leased it since the SELECT.
-                if self._rows.filter(due, key=key).update(
-                    state=State.PROCESSING.value,
-                    attempts=F("attempts") + 1,
-                    token=token,
-                    lease_until=now + lease,
-                    available_at=None,
-                    updated_at=now,
-                ):
-                    rec = _record(self._rows.get(key=key))
-                    leased.append((rec, Claim(ClaimStatus.CLAIMED, rec.attempts, token)))
-        return leased
-
-    def lease_again(self, key: str, *, now: float, lease: float) -> tuple[Record, Claim] | None:
-        """Lease a failed or dead record for a local replay; None when it is neither."""
-        token = new_token()
-        with self._db():
-            if not self._rows.filter(
-                key=key, state__in=(State.FAILED.value, State.DEAD.value)
-            ).update(
-                state=State.PROCESSING.value,
-                attempts=F("attempts") + 1,
-                token=token,
-                lease_until=now + lease,
-                available_at=None,
-                updated_at=now,
-            ):
-                return None
-            rec = _record(self._rows.get(key=key))
-        return rec, Claim(ClaimStatus.CLAIMED, rec.attempts, token)
+    # Transactions ----------------------------------------------------------------
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        """Open ``transaction.atomic(using=alias)``; yield it as ``delivery.transaction``."""
+        """Open ``transaction.atomic(using=alias)``; yield it as ``delivery.transaction``.
+
+        An exception from the body propagates unchanged after the rollback; only the
+        opening and the COMMIT are the store's (StoreUnavailable). A body that left the
+        transaction broken without raising is rolled back as TransactionAborted.
+        """
         block = transaction.atomic(using=self.alias)
         with self._db():
             block.__enter__()
         try:
             yield block
+            self.check_transaction(block)
         except BaseException:
-            block.__exit__(*sys.exc_info())
+            # A failed rollback closes the connection (Django does); keep the body's error.
+            with suppress(DatabaseError):
+                block.__exit__(*sys.exc_info())
             raise
         with self._db():
             block.__exit__(None, None, None)  # COMMIT: handler writes and the done mark
+
+    def check_transaction(self, tx: Any) -> None:
+        """Raise TransactionAborted when a handler's caught SQL error broke the transaction."""
+        conn = connections[self.alias]
+        if conn.needs_rollback:
+            raise TransactionAborted(
+                "a handler's database error broke the ledger's transaction (it was caught)"
+            )
+        if self._postgres and conn.connection is not None:
+            info = getattr(conn.connection, "info", None)
+            if int(getattr(info, "transaction_status", 0)) == _PQTRANS_INERROR:
+                raise TransactionAborted(
+                    "a handler's SQL error aborted the ledger's PostgreSQL transaction"
+                )
+
+    def run_async(self, coro: Any) -> Any:
+        """Run an async handler so its ORM calls join this thread's open transaction.
+
+        ``async_to_sync`` runs the coroutine on a loop of its own while this thread
+        serves the coroutine's thread-sensitive ``sync_to_async`` calls (``acreate``,
+        ``aget``...): they use this thread's connection, inside the atomic block.
+        """
+
+        async def wait() -> Any:
+            return await coro
+
+        return async_to_sync(wait)()
 
     def close(self) -> None:
         """Close this thread's connection, unless a transaction is open on it."""
