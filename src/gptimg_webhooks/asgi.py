@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ._core.errors import PayloadTooLarge
+from ._core.errors import InvalidPayload, PayloadTooLarge, RequestRejected
 from ._core.protocol import Response, error_response
 from ._core.receiver import Webhooks
 
@@ -25,7 +25,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
-    """Read the body while it streams in; None as soon as it passes ``limit``."""
+    """Read the body while it streams in; None as soon as it passes ``limit``.
+
+    Raise :class:`InvalidPayload` when the client disconnects before the body ends.
+    """
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
             return None
@@ -35,7 +38,8 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            # Cut short: even a body that happens to verify is not what was framed.
+            raise InvalidPayload("body incomplete: the client disconnected")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -47,11 +51,16 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None
 
 async def _serve(receiver: Webhooks, scope: Scope, receive: Receive, send: Send) -> None:
     method = scope["method"]
-    body = await _read_body(scope, receive, receiver.max_body_size) if method == "POST" else b""
-    if body is None:
-        answer: Response = error_response(PayloadTooLarge("body larger than the size cap"))
+    answer: Response
+    try:
+        body = await _read_body(scope, receive, receiver.max_body_size) if method == "POST" else b""
+    except RequestRejected as exc:
+        answer = error_response(exc)
     else:
-        answer = await receiver.handle_async(method, scope["headers"], body)
+        if body is None:
+            answer = error_response(PayloadTooLarge("body larger than the size cap"))
+        else:
+            answer = await receiver.handle_async(method, scope["headers"], body)
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
     headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})

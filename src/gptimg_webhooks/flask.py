@@ -57,6 +57,9 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
         raise PayloadTooLarge("body larger than the size cap") from None
     except (ClientDisconnected, OSError):
         raise InvalidPayload("body incomplete: the client disconnected") from None
+    if length is not None and size < length:
+        # gunicorn ends a body cut short by a disconnect without an error.
+        raise InvalidPayload("body incomplete: the client disconnected")
     return b"".join(chunks)
 
 

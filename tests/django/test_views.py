@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import sys
 import threading
 from typing import Any
@@ -11,7 +13,8 @@ import django
 import pytest
 from asgiref.sync import iscoroutinefunction
 from django.db import connections
-from django.test import AsyncClient, Client
+from django.core.handlers.wsgi import LimitedStream
+from django.test import AsyncClient, Client, RequestFactory
 from django.urls import reverse
 
 import gptimg_webhooks
@@ -150,6 +153,24 @@ def test_body_over_djangos_upload_limit_is_413_not_500(hooks: Webhooks, settings
     body = b'{"event":"generation.succeeded","pad":"' + b"x" * 1000 + b'"}'
     response = post(Client(), body, signed(body))
     assert response.status_code == 413
+
+
+def test_a_body_shorter_than_its_content_length_is_never_processed(hooks: Webhooks) -> None:
+    # Found by the hostile table (content_length_longer_than_body): under gunicorn the
+    # whole signed body arrived, then the client left before the length it declared.
+    seen: list[str] = []
+    hooks.on("generation.succeeded")(lambda e: seen.append(e.data.generation_id))
+    body, headers = delivery("gen_cut_short")
+    request = RequestFactory().post(
+        "/hooks/gptimg", body, content_type="application/json", headers=headers
+    )
+    # What Django builds over gunicorn's stream: it ends early instead of failing.
+    request.META["CONTENT_LENGTH"] = str(len(body) + 10)
+    request._stream = LimitedStream(io.BytesIO(body), len(body) + 10)  # type: ignore[attr-defined]
+    response = webhook_view(request)
+    assert response.status_code == 400
+    assert json.loads(response.content)["error"] == "invalid_payload"
+    assert seen == []
 
 
 def test_get_is_405_and_a_wrong_signature_401(hooks: Webhooks) -> None:

@@ -9,6 +9,7 @@ table, the servers' resident memory is compared with what it was once warm.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -34,12 +35,15 @@ from tests.hostile.table import (
 from tests.support.servers import Server
 
 CASES = load_cases()
-#: Allowed growth of the servers' summed resident memory over the whole table, once warm.
-#: The table streams about 13 MiB of over-cap and framing bodies at each server (8 MiB of
-#: chunked flood, a 1 MiB body twice, 10 MiB of gzip inflation if anything decompressed):
-#: a server that buffered or inflated any of them would pass this bound on that case alone;
-#: allocator arenas and warm caches of 2 workers stay well under it.
-RSS_GROWTH_BOUND = 8 << 20
+#: Allowed growth of the servers' summed resident memory (2 workers and their parent).
+#: Over the whole table, once warm: the first pass through 1 MiB bodies, 100,000-deep
+#: brackets and an 8 MiB chunked flood grows allocator arenas and SQLite's page cache once.
+TABLE_GROWTH_BOUND = 32 << 20
+#: Over 5 more rounds of the framing cases (about 50 MiB of bodies streamed at the server):
+#: a server that kept a tenth of what it read, or inflated the gzip bomb once per round,
+#: would pass this; a server that only reuses what it already has stays far below it.
+STEADY_GROWTH_BOUND = 8 << 20
+ROUNDS = 5
 
 pytestmark = pytest.mark.slow
 
@@ -132,6 +136,8 @@ def test_case(target: Target, case: dict[str, Any]) -> None:
         words_seen = Counter(a.word for a in answers)
         assert words_seen["processed"] == 1, words_seen
 
+    if any(a.status == 0 for a in answers):
+        time.sleep(1.0)  # no answer: give a server still at work the time to show it
     records = {k: t.ledger.get(k) for k in request.keys}
     found = {r.state.value for r in records.values() if r is not None}
     if case["ledger"] == "none":
@@ -145,14 +151,24 @@ def test_case(target: Target, case: dict[str, Any]) -> None:
 def test_memory_stays_bounded_over_the_table(target: Target) -> None:
     t = target
     assert len(t.ran) == len(CASES), "runs after the whole table"
-    # Play the heaviest cases again: a leak per request shows as growth per repetition.
     heavy = [c for c in CASES if c["group"] == "framing"]
-    for _ in range(3):
+
+    def round_of_heavy_cases() -> None:
         for case in heavy:
             send(t.base, build(case, f"gen_mem_{t.tag}_{uuid.uuid4().hex[:6]}"), t.client)
-    growth = t.server.rss() - t.rss_warm
-    print(f"{t.adapter}: RSS {t.rss_warm / 2**20:.1f} MiB warm, growth {growth / 2**20:+.1f} MiB")
-    assert growth < RSS_GROWTH_BOUND, f"{t.adapter}: RSS grew {growth / 2**20:.1f} MiB"
+
+    round_of_heavy_cases()
+    after_table = t.server.rss()
+    for _ in range(ROUNDS):
+        round_of_heavy_cases()
+    steady = t.server.rss() - after_table
+    table = after_table - t.rss_warm
+    print(
+        f"{t.adapter}: RSS {t.rss_warm / 2**20:.1f} MiB warm, {table / 2**20:+.1f} MiB over "
+        f"the table, {steady / 2**20:+.1f} MiB over {ROUNDS} more rounds of framing cases"
+    )
+    assert table < TABLE_GROWTH_BOUND, f"{t.adapter}: RSS grew {table / 2**20:.1f} MiB"
+    assert steady < STEADY_GROWTH_BOUND, f"{t.adapter}: RSS grew {steady / 2**20:.1f} MiB"
 
 
 def test_every_case_says_why() -> None:

@@ -17,7 +17,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 
-from .._core.errors import PayloadTooLarge, StoreUnavailable, WebhookError
+from .._core.errors import InvalidPayload, PayloadTooLarge, StoreUnavailable, WebhookError
 from .._core.protocol import Response, error_response
 from .._core.receiver import Webhooks
 from .conf import receiver
@@ -53,9 +53,13 @@ def _prepare(request: HttpRequest) -> tuple[Webhooks, bytes] | HttpResponse:
         return too_big  # refused without reading it
     try:
         # The raw bytes, never request.POST: a form parse would consume the stream.
-        return hooks, request.body
+        body = request.body
     except RequestDataTooBig:  # past DATA_UPLOAD_MAX_MEMORY_SIZE
         return too_big
+    if length.isdigit() and len(body) < int(length):
+        # A WSGI server ends a body cut short by a disconnect without an error.
+        return _response(error_response(InvalidPayload("body incomplete: the client disconnected")))
+    return hooks, body
 
 
 class WebhookView:
