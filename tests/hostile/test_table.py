@@ -68,13 +68,18 @@ class Target:
 
 
 @pytest.fixture(scope="module", params=ADAPTERS)
-def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
     adapter = request.param
     data = tmp_path_factory.mktemp(adapter)
     store = f"sqlite:///{data / 'ledger.sqlite3'}"
-    with serve(
-        adapter, data, [SECRET, OLD_SECRET], store, options={"max_event_age": MAX_EVENT_AGE}
-    ) as server, httpx.Client(timeout=30) as client:
+    with (
+        serve(
+            adapter, data, [SECRET, OLD_SECRET], store, options={"max_event_age": MAX_EVENT_AGE}
+        ) as server,
+        httpx.Client(timeout=30) as client,
+    ):
         t = Target(adapter, server, open_store(store, create=False), uuid.uuid4().hex[:8], client)
         # Warm every worker up (imports, first connections, the keeper) before measuring.
         for case in CASES[:12]:
