@@ -16,7 +16,7 @@ from flask import Flask, Response, jsonify
 from gptimg_webhooks import Delivery, GenerationFailed, GenerationSucceeded
 from gptimg_webhooks.flask import GptimgWebhooks
 from gptimg_webhooks.testing import Gallery, render_gallery
-from gptimg_webhooks.testing.gallery import demo_plan, example_options
+from gptimg_webhooks.testing.gallery import demo_plan, example_options, example_prune_interval
 
 DATA_DIR = os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or Path(__file__).parent / "data"
 gallery = Gallery(DATA_DIR)  # SQLite: every worker process sees the same rows
@@ -39,6 +39,9 @@ def create_app() -> Flask:
     # Other Webhooks(...) arguments (max_event_age, retention, ...) as JSON, for tests.
     app.config["GPTIMG_WEBHOOK_OPTIONS"] = example_options()
     webhooks.init_app(app)
+    with app.app_context():
+        hooks = webhooks.receiver
+        hooks.prune_interval = example_prune_interval() or hooks.prune_interval
 
     @app.get("/")
     def index() -> Response:

@@ -26,6 +26,7 @@ __all__ = [
     "Gallery",
     "demo_plan",
     "example_options",
+    "example_prune_interval",
     "render_gallery",
 ]
 
@@ -46,7 +47,22 @@ def example_options(environ: Mapping[str, str] | None = None) -> dict[str, objec
         raise ConfigurationError(f"{OPTIONS_ENV} is not JSON") from None
     if not isinstance(found, dict):
         raise ConfigurationError(f"{OPTIONS_ENV} must be a JSON object")
+    found.pop("prune_interval", None)  # not an argument: see example_prune_interval()
     return found
+
+
+def example_prune_interval(environ: Mapping[str, str] | None = None) -> float | None:
+    """Return ``prune_interval`` from ``$GPTIMG_WEBHOOK_OPTIONS``: how often the keeper prunes.
+
+    Not a ``Webhooks`` argument (hourly suits every deployment); the soak sets it short so
+    pruning happens while it runs.
+    """
+    raw = (os.environ if environ is None else environ).get(OPTIONS_ENV, "").strip()
+    try:
+        value = json.loads(raw).get("prune_interval") if raw else None
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 #: Generation id prefix -> (seconds the handler takes, attempts that fail first).
