@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fuzz.fuzz_verify_request import check
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz.fuzz_verify_request import check
 from tests.support.servers import ROOT
 
 TARGET = ROOT / "fuzz" / "fuzz_verify_request.py"

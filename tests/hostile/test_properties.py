@@ -31,7 +31,7 @@ NO_HANDLER_ANSWERS = {200, 202, 400, 401, 405, 409, 413, 415}
 
 secrets = st.text(min_size=1, max_size=80).filter(lambda s: s.strip() and "," not in s)
 bodies = st.binary(max_size=2048)
-PROFILE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROFILE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROFILE
@@ -147,8 +147,12 @@ def test_the_parser_raises_only_its_own_errors(body: bytes) -> None:
     try:
         parse_event(strictjson.loads(body))
     except WebhookError as exc:
-        assert isinstance(exc, RequestRejected), type(exc)
-        assert exc.status == 400
+        found: WebhookError | None = exc
+    else:
+        found = None
+    if found is not None:
+        assert isinstance(found, RequestRejected), type(found)
+        assert found.status == 400
 
 
 header_names = st.sampled_from(
@@ -190,12 +194,14 @@ def test_verify_request_raises_only_documented_rejections(
     request: tuple[str, list[tuple[str | bytes, str | bytes]], bytes],
 ) -> None:
     method, headers, body = request
+    status = 200
     try:
         verify_request(LIMITS, method, headers, body, time.time())
     except RequestRejected as exc:
-        assert exc.status in DOCUMENTED
+        status = exc.status
     except WebhookError as exc:  # pragma: no cover - a failure's message
         raise AssertionError(f"undocumented {type(exc).__name__}") from exc
+    assert status in DOCUMENTED
 
 
 @pytest.fixture(scope="module")

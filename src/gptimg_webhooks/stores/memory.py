@@ -117,7 +117,9 @@ class MemoryStore(Store):
         try:
             return cls(max_records=int(raw))
         except ValueError:
-            raise ConfigurationError(f"memory:// max_records must be a whole number, not {raw!r}")
+            raise ConfigurationError(
+                f"memory:// max_records must be a whole number, not {raw!r}"
+            ) from None
 
     def apply(
         self,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Mapping
 import sqlite3
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
