@@ -50,7 +50,7 @@ def test_public_names_are_exactly_all() -> None:
     # "@py..." names are pytest's assertion rewriting (the plugin entry point imports us).
     public = {n for n in vars(gptimg_webhooks) if not n.startswith(("_", "@"))}
     public -= {"annotations"}
-    submodules = {"asgi", "flask", "django", "stores", "testing", "cli", "worker"}
+    submodules = {"asgi", "flask", "django", "stores", "testing", "cli", "worker", "client"}
     assert public - submodules == set(gptimg_webhooks.__all__) - {"__version__"}
 
 

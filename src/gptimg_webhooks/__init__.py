@@ -14,6 +14,7 @@ backends by URL scheme), and one adapter per framework (``asgi``, ``flask``, ``d
 
 from __future__ import annotations
 
+from ._core.accounts import Account, UnknownEndpoint
 from ._core.errors import (
     ConfigurationError,
     DeliveryInProgress,
@@ -50,6 +51,7 @@ from .stores import open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    "Account",
     "ConfigurationError",
     "Delivery",
     "DeliveryInProgress",
@@ -73,6 +75,7 @@ __all__ = [
     "StaleEvent",
     "StoreUnavailable",
     "TransactionAborted",
+    "UnknownEndpoint",
     "UnknownEvent",
     "UnsupportedEncoding",
     "Verified",

@@ -21,12 +21,10 @@ from typing import Any, cast
 from weakref import WeakKeyDictionary
 
 from flask import Blueprint, Flask, current_app, has_app_context, request
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
-from werkzeug.wsgi import get_content_length, get_input_stream
 
-from ._core.errors import InvalidPayload, PayloadTooLarge, RequestRejected
+from ._core.body import BodyReader, refuse
+from ._core.errors import RequestRejected
 from ._core.handlers import Registry
-from ._core.protocol import error_response
 from ._core.receiver import DEFAULT_MAX_BODY_SIZE, Webhooks
 
 __all__ = ["EXTENSION", "GptimgWebhooks", "webhook_blueprint", "webhook_view"]
@@ -35,32 +33,22 @@ __all__ = ["EXTENSION", "GptimgWebhooks", "webhook_blueprint", "webhook_view"]
 EXTENSION = "gptimg_webhooks"
 # Every method reaches the core, so a GET gets its JSON 405 rather than Flask's HTML one.
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
-_CHUNK = 64 * 1024
 
 
 def _read_body(environ: dict[str, Any], limit: int) -> bytes:
-    """Read the raw body from ``wsgi.input``; stop as soon as it passes ``limit``."""
-    length = get_content_length(environ)
-    if length is not None and length > limit:
-        raise PayloadTooLarge("body larger than the size cap")
-    try:
-        # werkzeug bounds the stream by Content-Length, or by a maximum when the server
-        # ends chunked bodies itself; + 1 because reading at that maximum already fails.
-        stream = get_input_stream(environ, max_content_length=limit + 1)
-        chunks, size = [], 0
-        while chunk := stream.read(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge("body larger than the size cap")
-            chunks.append(chunk)
-    except RequestEntityTooLarge:
-        raise PayloadTooLarge("body larger than the size cap") from None
-    except (ClientDisconnected, OSError):
-        raise InvalidPayload("body incomplete: the client disconnected") from None
-    if length is not None and size < length:
-        # gunicorn ends a body cut short by a disconnect without an error.
-        raise InvalidPayload("body incomplete: the client disconnected")
-    return b"".join(chunks)
+    """Read the raw body from ``wsgi.input``, never past its length nor past the cap + 1 byte.
+
+    A chunked body has no length: it is read until the stream ends. Servers that de-chunk
+    and set ``wsgi.input_terminated`` (gunicorn, waitress, werkzeug's) end the stream with
+    the body; on any other server this is best effort.
+    """
+    reader = BodyReader(limit)
+    reader.check_length(
+        environ.get("CONTENT_LENGTH"),
+        environ.get("HTTP_TRANSFER_ENCODING"),
+        stream_ends=bool(environ.get("wsgi.input_terminated")),
+    )
+    return reader.read_from(environ["wsgi.input"].read)
 
 
 def webhook_view(receiver: Webhooks | None = None) -> Callable[[], Any]:
@@ -77,16 +65,23 @@ def webhook_view(receiver: Webhooks | None = None) -> Callable[[], Any]:
         try:
             body = _read_body(environ, hooks.max_body_size) if method == "POST" else b""
         except RequestRejected as exc:
-            answer = error_response(exc)
+            answer = refuse(exc, environ.get("HTTP_X_GPTIMG_DELIVERY", ""))
         else:
             # WSGI folds repeated headers with commas; the core rejects such values.
             headers = [(k[5:].replace("_", "-"), v) for k, v in environ.items() if k[:5] == "HTTP_"]
-            answer = hooks.handle(method, headers, body)
+            answer = hooks.handle(method, headers, body, path=request.path)
         return current_app.response_class(answer.body, answer.status, list(answer.headers))
 
     view = cast(Any, gptimg_webhook)
     view.methods, view.provide_automatic_options = _METHODS, False
     return gptimg_webhook
+
+
+def _rules(hooks: Webhooks) -> list[str]:
+    """The URL rules a receiver answers: its path, and its accounts' (``<path>/<name>``)."""
+    if hooks.accounts is None:
+        return [hooks.path]
+    return [hooks.path, f"{hooks.path.rstrip('/')}/<account>", *hooks.accounts.paths]
 
 
 def _exempt_from_csrf(scope: Flask | Blueprint, view: Callable[[], Any]) -> None:
@@ -108,7 +103,8 @@ def webhook_blueprint(
     hooks = receiver if receiver is not None else Webhooks()
     blueprint = Blueprint(name, __name__, url_prefix=url_prefix)
     view = webhook_view(hooks)
-    blueprint.add_url_rule(hooks.path, view_func=view)
+    for rule in _rules(hooks):
+        blueprint.add_url_rule(rule, view_func=view)
     _exempt_from_csrf(blueprint, view)
     return blueprint
 
@@ -144,7 +140,10 @@ class GptimgWebhooks:
             **(config.get("GPTIMG_WEBHOOK_OPTIONS") or {}),
         )
         view = webhook_view(receiver)
-        app.add_url_rule(receiver.path, endpoint=EXTENSION, view_func=view)
+        for i, rule in enumerate(_rules(receiver)):
+            app.add_url_rule(
+                rule, endpoint=EXTENSION if not i else f"{EXTENSION}_{i}", view_func=view
+            )
         _exempt_from_csrf(app, view)
         self._receivers[app] = receiver
         app.extensions[EXTENSION] = self

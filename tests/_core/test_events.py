@@ -95,3 +95,14 @@ def test_unknown_event_name_parses_to_a_generic_event() -> None:
 def test_invalid_known_event_is_invalid_payload(payload: object) -> None:
     with pytest.raises(InvalidPayload):
         parse_event(payload)
+
+
+def test_generation_reads_the_apis_id_and_writes_generation_id() -> None:
+    from gptimg_webhooks import Generation
+
+    generation = Generation.model_validate({"id": "gen_api", "status": "queued"})
+    assert generation.generation_id == "gen_api"
+    assert generation.model_dump(by_alias=True)["generationId"] == "gen_api"
+    both = Generation.model_validate({"generationId": "gen_hook", "id": "other"})
+    assert both.generation_id == "gen_hook"
+    assert both.model_extra == {"id": "other"}

@@ -78,7 +78,7 @@ def test_arbitrary_bytes_never_raise_anything_but_invalid_payload(raw: bytes) ->
     ],
 )
 def test_text_no_store_can_keep_is_refused(body: bytes) -> None:
-    with pytest.raises(InvalidPayload, match="surrogate|NUL"):
+    with pytest.raises(InvalidPayload, match=r"surrogate|NUL"):
         loads(body)
 
 

@@ -15,6 +15,7 @@ COMMANDS = [
     ["send"],
     ["listen"],
     ["demo"],
+    ["provider"],
     ["ledger"],
     ["ledger", "list"],
     ["ledger", "show"],

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support.contract import check_contract, duplicate_storm
+from tests.support.framing import assert_quiet_log, check_framing
 from tests.support.servers import ROOT, free_port, gunicorn_argv, running, uvicorn_argv
 
 EXAMPLE = ROOT / "examples" / "django_app"
@@ -93,3 +94,33 @@ def test_example_holds_the_http_contract_and_survives_the_duplicate_storm(server
     assert '<figure class="ok"' in page.text
     assert "<img src=" in page.text
     duplicate_storm(server, SECRET, n=500)
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def logged_server(
+    request: pytest.FixtureRequest, migrated: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[str, str, Path]]:
+    """The example under gunicorn (WSGI) or uvicorn (ASGI), 2 workers, its log in a file."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    if request.param == "wsgi":
+        argv = [*gunicorn_argv("config.wsgi:application", port, workers=2), "--chdir", str(EXAMPLE)]
+    else:
+        argv = [
+            *uvicorn_argv("config.asgi:application", port, workers=2),
+            "--app-dir",
+            str(EXAMPLE),
+        ]
+    with running(argv, port=port, env=migrated, log_path=log) as base:
+        yield base, request.param, log
+
+
+@pytest.mark.slow
+def test_example_reads_chunked_and_mismatched_bodies_right(
+    logged_server: tuple[str, str, Path],
+) -> None:
+    base, kind, log = logged_server
+    # Under ASGI, Django reads the whole body before any view runs.
+    checked = check_framing(base, SECRET, reads_whole_body_first=kind == "asgi")
+    assert len(checked) == 7
+    assert_quiet_log(log)

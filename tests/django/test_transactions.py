@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from django.test import AsyncClient, Client
@@ -95,3 +96,56 @@ def test_handler_gets_the_atomic_block_as_its_transaction(use_store: str, hooks:
     (transaction, in_atomic), *_ = seen
     assert transaction is not None
     assert in_atomic
+
+
+def test_async_handler_writes_join_the_ledger_transaction_through_the_view(
+    use_store: str, hooks: Webhooks
+) -> None:
+    alias = use_store
+    attempts: list[int] = []
+
+    @hooks.on("generation.succeeded")
+    async def handler(event: GenerationSucceeded, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        value = f"{event.data.generation_id}#{delivery.attempt}"
+        await Note.objects.using(alias).acreate(value=value)
+        if delivery.attempt == 1:
+            raise RuntimeError("async handler broke after its write")
+
+    body, headers = delivery("gen_tx_async")
+    client = Client()
+    first = client.post("/hooks/gptimg", body, content_type="application/json", headers=headers)
+    assert first.status_code == 500
+    assert notes(alias) == []  # the async write rolled back with the ledger's transaction
+    retry = client.post("/hooks/gptimg", body, content_type="application/json", headers=headers)
+    assert retry.status_code == 200
+    assert attempts == [1, 2]
+    assert notes(alias) == ["gen_tx_async#2"]
+
+
+def test_handler_that_catches_its_own_orm_error_is_a_handler_failure(
+    use_store: str, hooks: Webhooks
+) -> None:
+    from django.db import IntegrityError
+
+    alias = use_store
+
+    @hooks.on("generation.succeeded")
+    def handler(event: GenerationSucceeded, delivery: Delivery) -> None:
+        if delivery.attempt == 1:
+            # NOT NULL: the database refuses; swallowed, the transaction is unusable all the same.
+            with contextlib.suppress(IntegrityError):
+                Note.objects.using(alias).create(value=None)
+        else:
+            Note.objects.using(alias).create(value="ok")
+
+    body, headers = delivery("gen_tx_caught")
+    client = Client()
+    first = client.post("/hooks/gptimg", body, content_type="application/json", headers=headers)
+    assert (first.status_code, first.json()["error"]) == (500, "handler_failed")
+    record = Record.objects.using(alias).get()
+    assert record.state == "failed"
+    assert "TransactionAborted" in (record.error or "")
+    retry = client.post("/hooks/gptimg", body, content_type="application/json", headers=headers)
+    assert retry.status_code == 200
+    assert notes(alias) == ["ok"]

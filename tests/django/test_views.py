@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import sys
 import threading
 from typing import Any
@@ -13,8 +12,7 @@ import django
 import pytest
 from asgiref.sync import iscoroutinefunction
 from django.db import connections
-from django.core.handlers.wsgi import LimitedStream
-from django.test import AsyncClient, Client, RequestFactory
+from django.test import AsyncClient, Client
 from django.urls import reverse
 
 import gptimg_webhooks
@@ -155,22 +153,84 @@ def test_body_over_djangos_upload_limit_is_413_not_500(hooks: Webhooks, settings
     assert response.status_code == 413
 
 
-def test_a_body_shorter_than_its_content_length_is_never_processed(hooks: Webhooks) -> None:
-    # Found by the hostile table (content_length_longer_than_body): under gunicorn the
-    # whole signed body arrived, then the client left before the length it declared.
+class Counted(io.RawIOBase):
+    """A WSGI input of ``data`` then endless bytes (or an error), counting what was read."""
+
+    def __init__(self, data: bytes = b"", *, endless: bool = False, error: bool = False) -> None:
+        self.data, self.endless, self.error = data, endless, error
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = len(buffer)
+        if self.read_bytes >= len(self.data):
+            if self.error:  # like gunicorn's chunk parser on broken framing: not an OSError
+                raise ValueError("invalid chunk size")
+            if not self.endless:
+                return 0
+            buffer[:n] = b"x" * n
+        else:
+            n = min(n, len(self.data) - self.read_bytes)
+            buffer[:n] = self.data[self.read_bytes : self.read_bytes + n]
+        self.read_bytes += n
+        return n
+
+
+def post_chunked(stream: Counted, headers: dict[str, str], terminated: bool = True) -> Any:
+    """POST with no Content-Length and Transfer-Encoding: chunked, as gunicorn passes it on."""
+    environ: dict[str, Any] = {
+        "CONTENT_LENGTH": "",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "wsgi.input": stream,
+    }
+    if terminated:
+        environ["wsgi.input_terminated"] = True
+    return Client().post("/hooks/gptimg", b"", "application/json", headers=headers, **environ)
+
+
+@pytest.mark.parametrize("terminated", [True, False], ids=["terminated", "best-effort"])
+def test_chunked_body_under_wsgi_is_read_whole(hooks: Webhooks, terminated: bool) -> None:
     seen: list[str] = []
     hooks.on("generation.succeeded")(lambda e: seen.append(e.data.generation_id))
-    body, headers = delivery("gen_cut_short")
-    request = RequestFactory().post(
-        "/hooks/gptimg", body, content_type="application/json", headers=headers
+    body, headers = delivery("gen_wsgi_chunked")
+    response = post_chunked(Counted(body), headers, terminated)
+    assert (response.status_code, response.json()["status"]) == (200, "processed")
+    assert seen == ["gen_wsgi_chunked"]
+
+
+def test_chunked_body_over_the_cap_stops_reading_one_byte_past_it(
+    hooks: Webhooks, settings: Any
+) -> None:
+    settings.GPTIMG_WEBHOOKS = {**settings.GPTIMG_WEBHOOKS, "MAX_BODY_SIZE": 5000}
+    stream = Counted(endless=True)
+    response = post_chunked(stream, signed(b""))
+    assert (response.status_code, response.json()["error"]) == (413, "payload_too_large")
+    assert stream.read_bytes == 5001
+
+
+def test_chunked_body_over_djangos_upload_limit_is_413(hooks: Webhooks, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 500
+    stream = Counted(endless=True)
+    assert post_chunked(stream, signed(b"")).status_code == 413
+    assert stream.read_bytes == 501
+
+
+def test_chunked_body_that_breaks_mid_stream_is_400_not_500(hooks: Webhooks) -> None:
+    body, headers = delivery()
+    response = post_chunked(Counted(body[:50], error=True), headers)
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_payload")
+
+
+def test_no_length_and_not_chunked_is_an_empty_body_never_read(hooks: Webhooks) -> None:
+    stream = Counted(endless=True)
+    environ = {"CONTENT_LENGTH": "", "wsgi.input": stream}
+    response = Client().post(
+        "/hooks/gptimg", b"", "application/json", headers=signed(b""), **environ
     )
-    # What Django builds over gunicorn's stream: it ends early instead of failing.
-    request.META["CONTENT_LENGTH"] = str(len(body) + 10)
-    request._stream = LimitedStream(io.BytesIO(body), len(body) + 10)  # type: ignore[attr-defined]
-    response = webhook_view(request)
-    assert response.status_code == 400
-    assert json.loads(response.content)["error"] == "invalid_payload"
-    assert seen == []
+    assert response.status_code == 400  # the (signed) empty body is not JSON
+    assert stream.read_bytes == 0
 
 
 def test_get_is_405_and_a_wrong_signature_401(hooks: Webhooks) -> None:

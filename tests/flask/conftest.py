@@ -72,7 +72,10 @@ def make_app(calls: Calls) -> Callable[..., tuple[Flask, GptimgWebhooks]]:
 
 @pytest.fixture(scope="module")
 def flask_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """Serve examples.flask_app under ``gunicorn -w 4``; yield its URL and working dir."""
+    """Serve examples.flask_app under ``gunicorn -w 4``; yield its URL and working dir.
+
+    The server's log is ``server.log`` in the working dir.
+    """
     work = tmp_path_factory.mktemp("flask_gunicorn")
     port = free_port()
     env = {
@@ -82,5 +85,6 @@ def flask_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         "GPTIMG_EXAMPLE_DATA_DIR": str(work / "data"),
     }
     argv = gunicorn_argv("examples.flask_app.app:app", port, workers=4)
-    with running(argv, port=port, env=env, cwd=Path(work)) as base:
+    log = Path(work) / "server.log"
+    with running(argv, port=port, env=env, cwd=Path(work), log_path=log) as base:
         yield base, work

@@ -339,7 +339,7 @@ def test_chunked_body_over_the_cap_stops_reading_at_the_cap(make_app: MakeApp) -
     status, body = call(app, environ_for(stream, content_length=None, headers=signed(b"")))
     assert status == 413
     assert json.loads(body)["error"] == "payload_too_large"
-    assert 100_000 <= stream.read_bytes <= 100_000 + 64 * 1024
+    assert stream.read_bytes == 100_001  # one byte past the cap tells it is too large
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -366,6 +366,33 @@ def test_chunked_body_within_the_cap_is_read_whole(make_app: MakeApp, calls: Cal
     environ = environ_for(io.BytesIO(body), content_length=None, headers=headers)
     assert call(app, environ)[0] == 200
     assert calls.ids() == ["gen_chunked"]
+
+
+def test_chunked_body_is_read_to_its_end_where_the_server_does_not_mark_it_terminated(
+    make_app: MakeApp, calls: Calls
+) -> None:
+    app, _ = make_app(GPTIMG_WEBHOOK_MAX_BODY_SIZE=100_000)
+    body, headers = delivery("gen_unterminated")
+    environ = environ_for(io.BytesIO(body), content_length=None, headers=headers)
+    del environ["wsgi.input_terminated"]  # a server that de-chunks but does not say so
+    assert call(app, environ)[0] == 200
+    assert calls.ids() == ["gen_unterminated"]
+    stream = Endless()
+    environ = environ_for(stream, content_length=None, headers=signed(b""))
+    del environ["wsgi.input_terminated"]
+    assert call(app, environ)[0] == 413
+    assert stream.read_bytes == 100_001
+
+
+def test_no_length_and_not_chunked_is_an_empty_body_never_read(make_app: MakeApp) -> None:
+    app, _ = make_app()
+    stream = Unreadable()  # a socket with nothing more to come: reading would block
+    environ = environ_for(stream, content_length=None, headers=signed(b""))
+    del environ["wsgi.input_terminated"], environ["HTTP_TRANSFER_ENCODING"]
+    status, body = call(app, environ)
+    # The empty body is the one signed: verified, then refused as not JSON.
+    assert (status, json.loads(body)["error"]) == (400, "invalid_payload")
+    assert not stream.touched
 
 
 @pytest.mark.parametrize("error", [OSError("connection reset"), ConnectionResetError()])

@@ -69,10 +69,23 @@ def running(
     cwd: Path = ROOT,
     ready_path: str = "/generations",
     timeout: float = 30.0,
+    log_path: Path | None = None,
 ) -> Iterator[str]:
-    """Run ``argv`` until the block ends; yield its base URL once ``ready_path`` answers."""
-    with started(argv, port=port, env=env, cwd=cwd, ready_path=ready_path, timeout=timeout) as s:
-        yield s.base
+    """Run ``argv`` until the block ends; yield its base URL once ``ready_path`` answers.
+
+    The server's output goes to ``log_path`` when given (for tests that read it), else to a
+    temporary file shown only when the block fails.
+    """
+    with started(
+        argv,
+        port=port,
+        env=env,
+        cwd=cwd,
+        ready_path=ready_path,
+        timeout=timeout,
+        log_path=log_path,
+    ) as server:
+        yield server.base
 
 
 @contextmanager
@@ -84,11 +97,13 @@ def started(
     cwd: Path = ROOT,
     ready_path: str = "/generations",
     timeout: float = 30.0,
+    log_path: Path | None = None,
 ) -> Iterator[Server]:
     """Run ``argv`` until the block ends; yield it as a :class:`Server` once it answers."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
-    with tempfile.TemporaryFile() as log:
+    opened = open(log_path, "w+b") if log_path is not None else tempfile.TemporaryFile()  # noqa: SIM115
+    with opened as log:
         proc = subprocess.Popen(
             argv,
             cwd=cwd,

@@ -10,6 +10,7 @@
     │   ├── EventMismatch              400  event_mismatch
     │   ├── InvalidPayload             400  invalid_payload
     │   ├── StaleEvent                 400  stale_event
+    │   ├── UnknownEndpoint            404  unknown_endpoint (accounts.py: no account there)
     │   ├── MethodNotAllowed           405  method_not_allowed
     │   ├── PayloadTooLarge            413  payload_too_large
     │   └── UnsupportedEncoding        415  unsupported_encoding

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidPayload
 
@@ -48,9 +48,15 @@ class Output(_Model):
 
 
 class Generation(_Model):
-    """The generation object, as in ``GET /api/v1/generations/:id``."""
+    """The generation object: ``data`` of an event, or ``GET /api/v1/generations/:id``.
 
-    generation_id: str = Field(alias="generationId")
+    The webhook names the id ``generationId``, the API ``id``; either is read, and it is
+    written back as ``generationId``.
+    """
+
+    generation_id: str = Field(
+        alias="generationId", validation_alias=AliasChoices("generationId", "id")
+    )
     type: str | None = None  # text2img | edit | upscale | ... (open set)
     status: str | None = None  # queued | running | succeeded | failed | blocked
     outputs: list[Output] = Field(default_factory=list)

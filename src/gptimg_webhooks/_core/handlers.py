@@ -46,6 +46,8 @@ class Delivery:
     #: The store's open transaction (a connection, or Django's atomic block) when the
     #: store is transactional; writes made through it commit with the done mark.
     transaction: Any = None
+    #: The account the delivery is for, when the receiver serves several (``accounts=``).
+    account: str | None = None
 
     @property
     def received_at(self) -> datetime:

@@ -369,6 +369,13 @@ class Store(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    def close_thread(self) -> None:  # noqa: B027 - optional hook
+        """Release what this thread holds, after a run in a pooled or background thread.
+
+        Stores whose connections belong to a thread (Django) close this thread's one the
+        way a request's end would, so pooled threads never keep connections open.
+        """
+
     async def aapply(
         self,
         transition: Transition,

@@ -16,10 +16,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
 from . import strictjson
+from .accounts import Account, AccountResolver, Accounts, Endpoint, UnknownEndpoint
 from .errors import (
     ConfigurationError,
     DeliveryInProgress,
@@ -164,14 +166,21 @@ class Webhooks:
         on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed",
         include_shared: bool = True,
         registry: Registry | None = None,
+        accounts: Sequence[Account] | AccountResolver | None = None,
+        account_cache: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.verifier = Verifier(parse_secrets(secret))
+        if not path.startswith("/"):
+            raise ConfigurationError(f"path must start with '/': {path!r}")
+        #: Several accounts, each at ``<path>/<name>``: see :class:`Account`.
+        self.accounts = Accounts(path, accounts, account_cache) if accounts is not None else None
+        self._default: Endpoint | None = None
+        if self.accounts is None or secret is not None:
+            self.verifier = Verifier(parse_secrets(secret))
+            self._default = Endpoint(self.verifier, "", f"guard:{path}")
         if store is None or isinstance(store, str):
             store = open_url(store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
         self.store: Store = store
-        if not path.startswith("/"):
-            raise ConfigurationError(f"path must start with '/': {path!r}")
         self.path = path
         if max_body_size <= 0:
             raise ConfigurationError("max_body_size must be positive")
@@ -232,11 +241,14 @@ class Webhooks:
         self.on = self.registry.on
         self.on_error = self.registry.on_error
         self.keeper = Keeper(self)
+        self._limits_cache: dict[Endpoint, Limits] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._background: set[asyncio.Future[Response]] = set()
 
     def __repr__(self) -> str:
-        ids = ", ".join(s.id for s in self.verifier.secrets)
+        if self._default is None:
+            return f"Webhooks(path={self.path!r}, store={type(self.store).__name__}, accounts)"
+        ids = ", ".join(s.id for s in self._default.verifier.secrets)
         return f"Webhooks(path={self.path!r}, store={type(self.store).__name__}, secrets=[{ids}])"
 
     @property
@@ -249,32 +261,64 @@ class Webhooks:
         """The count at which the guard answers 2xx instead (``failure_threshold`` + 1)."""
         return self.failure_threshold + 1
 
-    def guard_trips(self) -> bool:
+    def counter_for(self, key: str) -> str:
+        """Name the guard counter of the endpoint a record ``key`` came through."""
+        account = _account_of(key)
+        return self.guard_counter if account is None else f"guard:account:{account}"
+
+    def guard_trips(self, counter: str) -> bool:
         """Count one more non-2xx answer to a verified delivery; True: answer 2xx instead.
 
         The count lives in the ledger, shared by every process, and includes the 503s
         this process gave while the ledger was down. A done mark resets it.
         """
-        by = 1 + self.keeper.take_unrecorded()
+        by = 1 + self.keeper.take_unrecorded(counter)
         try:
-            return self.store.bump(self.guard_counter, self.guard_limit, by)
+            return self.store.bump(counter, self.guard_limit, by)
         except StoreUnavailable:
-            self.keeper.unrecorded_failure(by)
+            self.keeper.unrecorded_failure(counter, by)
             return False
 
-    async def aguard_trips(self) -> bool:
+    async def aguard_trips(self, counter: str) -> bool:
         """Async twin of :meth:`guard_trips`."""
-        by = 1 + self.keeper.take_unrecorded()
+        by = 1 + self.keeper.take_unrecorded(counter)
         try:
-            return await self.store.abump(self.guard_counter, self.guard_limit, by)
+            return await self.store.abump(counter, self.guard_limit, by)
         except StoreUnavailable:
-            self.keeper.unrecorded_failure(by)
+            self.keeper.unrecorded_failure(counter, by)
             return False
 
     @property
     def limits(self) -> Limits:
-        """Return what :func:`verify_request` checks requests against."""
-        return Limits(self.verifier, self.max_body_size, self.max_event_age, self.clock_skew)
+        """Return what :func:`verify_request` checks requests against (no accounts)."""
+        if self._default is None:
+            raise ConfigurationError("this receiver serves accounts: see endpoint_for()")
+        return self._limits(self._default)
+
+    def _limits(self, endpoint: Endpoint) -> Limits:
+        found = self._limits_cache.get(endpoint)
+        if found is None:
+            found = Limits(
+                endpoint.verifier, self.max_body_size, self.max_event_age, self.clock_skew
+            )
+            if len(self._limits_cache) > 4096:  # a resolver's accounts come and go
+                self._limits_cache.clear()
+            self._limits_cache[endpoint] = found
+        return found
+
+    def serves(self, path: str) -> bool:
+        """Tell whether a request ``path`` is this receiver's (the adapters route with it)."""
+        if path == self.path and self._default is not None:
+            return True
+        return self.accounts is not None and self.accounts.serves(path)
+
+    def endpoint_for(self, path: str | None) -> Endpoint:
+        """Resolve which account (secrets, guard, ledger space) a request path is for."""
+        if self.accounts is not None and path is not None and path != self.path:
+            return self.accounts.endpoint(path)
+        if self._default is None:
+            raise UnknownEndpoint("no webhook endpoint here")
+        return self._default
 
     # Handlers -----------------------------------------------------------------------
 
@@ -314,22 +358,37 @@ class Webhooks:
 
     # The request path, blocking ------------------------------------------------------
 
-    def handle(self, method: str, headers: Headers, body: bytes) -> Response:
-        """Answer one request, blocking (for WSGI and plain code)."""
-        return self._answered(self._handle(method, headers, body))
+    def handle(
+        self, method: str, headers: Headers, body: bytes, *, path: str | None = None
+    ) -> Response:
+        """Answer one request, blocking (for WSGI and plain code).
 
-    def _handle(self, method: str, headers: Headers, body: bytes) -> Response:
+        ``path`` picks the account when the receiver serves several (``accounts=``).
+        """
+        return self._answered(self._handle(method, headers, body, path))
+
+    def _handle(self, method: str, headers: Headers, body: bytes, path: str | None) -> Response:
         started = time.monotonic()
         self.keeper.start()
+        endpoint = None
         try:
-            verified = verify_request(self.limits, method, headers, body, self.clock())
+            endpoint = self.endpoint_for(path)
+            verified = verify_request(self._limits(endpoint), method, headers, body, self.clock())
         except WebhookError as exc:
-            return self._rejected(exc, headers)
+            return self._rejected(exc, headers, endpoint)
+        if endpoint.namespace:
+            verified = _namespaced(verified, endpoint)
         if self.reply_deadline is None:
             return self.handle_verified(verified)
         handoff = _Handoff()
-        future = self._executor().submit(self.handle_verified, verified, handoff)
+        future = self._executor().submit(self._pooled, verified, handoff)
         return _within(future.result, handoff, started, self.reply_deadline)
+
+    def _pooled(self, verified: Verified, handoff: _Handoff | None) -> Response:
+        try:
+            return self.handle_verified(verified, handoff)
+        finally:
+            self.store.close_thread()
 
     def _answered(self, response: Response) -> Response:
         if response.status < 300:
@@ -345,8 +404,8 @@ class Webhooks:
                     claim = self.store.enqueue(verified.entry)
                 else:
                     claim = self.store.claim(verified.entry, lease=self.lease)
-            except StoreUnavailable as exc:
-                return self._store_down(verified, exc)
+            except Exception as exc:  # a store's bug fails closed like an outage
+                return self._store_down(verified, _as_outage(exc))
             if claim.status is not ClaimStatus.CLAIMED:
                 return self._unclaimed(claim, verified)
             delivery = self._delivery(verified, claim.attempt)
@@ -356,19 +415,22 @@ class Webhooks:
         except Exception as exc:  # a bug of ours (or a store's): answer, never raise
             return _internal(verified.delivery_id, exc)
 
-    def _rejected(self, exc: WebhookError, headers: Headers) -> Response:
+    def _rejected(
+        self, exc: WebhookError, headers: Headers, endpoint: Endpoint | None = None
+    ) -> Response:
         _log_rejection(exc, headers)
-        if not isinstance(exc, SIGNED_REJECTIONS):
+        if not isinstance(exc, SIGNED_REJECTIONS) or endpoint is None:
             return error_response(exc)
         try:
             entry = getattr(exc, "entry", None)
             if entry is not None:  # keep the signed raw body for inspection
+                entry = replace(entry, key=endpoint.namespace + entry.key)
                 claim = self.store.claim(entry, lease=self.lease)
                 if claim.status is ClaimStatus.CLAIMED:
                     self.store.fail(entry.key, claim.token, f"{exc.code}: {exc}")
         except StoreUnavailable:
             logger.warning("could not keep the refused body: the ledger is unavailable")
-        if self.guard_trips():
+        if self.guard_trips(endpoint.counter):
             return _guard_rejected(exc)
         return error_response(exc)
 
@@ -377,7 +439,7 @@ class Webhooks:
             logger.error(
                 "ledger unavailable, answering 503 (delivery %r): %s", verified.delivery_id, exc
             )
-            self.keeper.unrecorded_failure()
+            self.keeper.unrecorded_failure(self.counter_for(verified.entry.key))
             return error_response(exc)
         logger.error(
             "ledger unavailable, running handlers WITHOUT dedup (fail-open; delivery %r): %s",
@@ -406,7 +468,7 @@ class Webhooks:
                     verified.delivery_id,
                 )
             return answer
-        return _in_progress(self.guard_trips())
+        return _in_progress(self.guard_trips(self.counter_for(verified.entry.key)))
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         pool = self._pool
@@ -425,37 +487,45 @@ class Webhooks:
             return _result_answer(result)
         error = _error_text(result)
         plan = settlement(self.backoff, delivery.attempt, provider_retries=not detached)
-        if plan.op == "fail" and self.guard_trips():
+        if plan.op == "fail" and self.guard_trips(self.counter_for(delivery.key)):
             plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
         settle_failure(self, delivery.key, token, error, plan)
-        return _failure_answer(result, plan, delivery)
+        return _failure_answer(result, plan, delivery, detached)
 
     # The request path, async ---------------------------------------------------------
 
-    async def handle_async(self, method: str, headers: Headers, body: bytes) -> Response:
+    async def handle_async(
+        self, method: str, headers: Headers, body: bytes, *, path: str | None = None
+    ) -> Response:
         """Answer one request without blocking the event loop (for ASGI)."""
-        return self._answered(await self._handle_async(method, headers, body))
+        return self._answered(await self._handle_async(method, headers, body, path))
 
-    async def _handle_async(self, method: str, headers: Headers, body: bytes) -> Response:
+    async def _handle_async(
+        self, method: str, headers: Headers, body: bytes, path: str | None
+    ) -> Response:
         started = time.monotonic()
         self.keeper.start()
+        endpoint = None
         try:
-            verified = verify_request(self.limits, method, headers, body, self.clock())
+            endpoint = self.endpoint_for(path)
+            verified = verify_request(self._limits(endpoint), method, headers, body, self.clock())
         except WebhookError as exc:
             if isinstance(exc, SIGNED_REJECTIONS):
-                return await asyncio.to_thread(self._rejected, exc, headers)
+                return await asyncio.to_thread(self._rejected, exc, headers, endpoint)
             _log_rejection(exc, headers)
             return error_response(exc)
+        if endpoint.namespace:
+            verified = _namespaced(verified, endpoint)
         store = self.store
         if not store.native_async and not any(
             h.is_async for h in self.routes(verified.event.event)
         ):
             # A blocking ledger and sync handlers: the rest costs one thread hop.
             if self.reply_deadline is None:
-                return await asyncio.to_thread(self.handle_verified, verified)
+                return await asyncio.to_thread(self._pooled, verified, None)
             handoff = _Handoff()
             loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(None, self.handle_verified, verified, handoff)
+            future = loop.run_in_executor(None, self._pooled, verified, handoff)
             return await _awithin(future, handoff, started, self.reply_deadline, self)
         try:
             try:
@@ -463,8 +533,8 @@ class Webhooks:
                     claim = await store.aenqueue(verified.entry)
                 else:
                     claim = await store.aclaim(verified.entry, lease=self.lease)
-            except StoreUnavailable as exc:
-                return await asyncio.to_thread(self._store_down, verified, exc)
+            except Exception as exc:  # a store's bug fails closed like an outage
+                return await asyncio.to_thread(self._store_down, verified, _as_outage(exc))
             if claim.status is not ClaimStatus.CLAIMED:
                 answer = _claim_answer(claim, self.deferred)
                 if answer is not None:
@@ -491,10 +561,10 @@ class Webhooks:
             return _result_answer(result)
         error = _error_text(result)
         plan = settlement(self.backoff, delivery.attempt, provider_retries=not detached)
-        if plan.op == "fail" and await self.aguard_trips():
+        if plan.op == "fail" and await self.aguard_trips(self.counter_for(delivery.key)):
             plan = settlement(self.backoff, delivery.attempt, provider_retries=False)
         await asettle_failure(self, delivery.key, token, error, plan)
-        return _failure_answer(result, plan, delivery)
+        return _failure_answer(result, plan, delivery, detached)
 
     # Runners: recovery, replay -------------------------------------------------------
 
@@ -506,6 +576,7 @@ class Webhooks:
             verified.match,
             self.clock(),
             attempt,
+            account=_account_of(verified.entry.key),
         )
 
     def run_record(self, record: Record, claim: Claim, *, backoff: Backoff | None = None) -> str:
@@ -518,9 +589,7 @@ class Webhooks:
         event = _stored_event(self, record, claim)
         if event is None:
             return "dead"
-        delivery = Delivery(
-            record.delivery_id, event.event, record.key, RECORDED, record.created_at, claim.attempt
-        )
+        delivery = _stored_delivery(record, event, claim)
         result = execute(self, event, delivery, claim.token)
         if result.outcome != "failed":
             return result.outcome
@@ -535,9 +604,7 @@ class Webhooks:
         event = await asyncio.to_thread(_stored_event, self, record, claim)
         if event is None:
             return "dead"
-        delivery = Delivery(
-            record.delivery_id, event.event, record.key, RECORDED, record.created_at, claim.attempt
-        )
+        delivery = _stored_delivery(record, event, claim)
         result = await aexecute(self, event, delivery, claim.token)
         if result.outcome != "failed":
             return result.outcome
@@ -659,16 +726,26 @@ def _result_answer(result: Result) -> Response:
     return error_response(error)
 
 
-def _failure_answer(result: Result, plan: Settlement, delivery: Delivery) -> Response:
+def _failure_answer(
+    result: Result, plan: Settlement, delivery: Delivery, detached: bool
+) -> Response:
     if plan.op == "fail":
         error = result.error
         return error_response(HandlerFailed(f"handler raised {type(error).__name__}"))
-    logger.error(
-        "handler failed for %s (delivery %r); answering 2xx to keep the endpoint from "
-        "auto-disable: a runner retries it from the ledger",
-        delivery.event,
-        delivery.id,
-    )
+    if detached:  # answered 202 already: the provider will not retry
+        logger.warning(
+            "handler for %s failed after the reply deadline (delivery %r); a runner retries "
+            "it from the ledger",
+            delivery.event,
+            delivery.id,
+        )
+    else:
+        logger.error(
+            "handler failed for %s (delivery %r); answering 2xx to keep the endpoint from "
+            "auto-disable: a runner retries it from the ledger",
+            delivery.event,
+            delivery.id,
+        )
     return FAILED_ACCEPTED
 
 
@@ -683,6 +760,30 @@ def _guard_rejected(exc: WebhookError) -> Response:
 def _error_text(result: Result) -> str:
     error = result.error
     return "" if error is None else f"{type(error).__name__}: {error}"[:2000]
+
+
+def _account_of(key: str) -> str | None:
+    """Return the account a record key is namespaced under (``name:<sha256>``), if any."""
+    head, sep, _ = key.rpartition(":")
+    return head if sep and head else None
+
+
+def _namespaced(verified: Verified, endpoint: Endpoint) -> Verified:
+    entry = replace(verified.entry, key=endpoint.namespace + verified.entry.key)
+    return replace(verified, entry=entry)
+
+
+def _stored_delivery(record: Record, event: Event, claim: Claim) -> Delivery:
+    account = _account_of(record.key)
+    return Delivery(
+        record.delivery_id,
+        event.event,
+        record.key,
+        RECORDED,
+        record.created_at,
+        claim.attempt,
+        account=account,
+    )
 
 
 def _stored_event(hooks: Webhooks, record: Record, claim: Claim) -> Event | None:
@@ -720,6 +821,13 @@ def _log_detached(delivery: Delivery | None) -> None:
         delivery.event,
         delivery.id,
     )
+
+
+def _as_outage(exc: Exception) -> StoreUnavailable:
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    logger.error("the ledger store raised %s; failing closed", type(exc).__name__, exc_info=exc)
+    return StoreUnavailable(f"store raised {type(exc).__name__}")
 
 
 def _internal(delivery_id: str, exc: BaseException) -> Response:

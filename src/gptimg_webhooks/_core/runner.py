@@ -121,7 +121,7 @@ def execute(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Re
                 if tx is not None:
                     store.check_transaction(tx)
                 phase = _MARK
-                if not store.complete(key, token, counter=hooks.guard_counter):
+                if not store.complete(key, token, counter=hooks.counter_for(key)):
                     raise LeaseLost("the lease was lost while the handlers ran")
                 phase = _COMMIT
         except LeaseLost as exc:
@@ -145,7 +145,7 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
     if store.transactional and not (store.async_transactions and all_async):
         # A thread-bound transaction (Django's), or sync handlers that need a sync
         # connection as delivery.transaction: handlers and the mark share one thread.
-        return await asyncio.to_thread(execute, hooks, event, delivery, token)
+        return await asyncio.to_thread(_execute_in_thread, hooks, event, delivery, token)
     phase = _OPEN
     with hooks.keeper.holding(key, token):
         try:
@@ -156,7 +156,7 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
                 if tx is not None:
                     store.check_transaction(tx)
                 phase = _MARK
-                if not await store.acomplete(key, token, counter=hooks.guard_counter):
+                if not await store.acomplete(key, token, counter=hooks.counter_for(key)):
                     raise LeaseLost("the lease was lost while the handlers ran")
                 phase = _COMMIT
         except LeaseLost as exc:
@@ -170,6 +170,13 @@ async def aexecute(hooks: Webhooks, event: Event, delivery: Delivery, token: str
             await asyncio.to_thread(hooks.report, exc, event, delivery)
             return Result("failed", exc)
     return Result("processed" if handlers else "ignored")
+
+
+def _execute_in_thread(hooks: Webhooks, event: Event, delivery: Delivery, token: str) -> Result:
+    try:
+        return execute(hooks, event, delivery, token)
+    finally:
+        hooks.store.close_thread()
 
 
 async def _acall(handlers: tuple[HandlerSpec, ...], event: Event, delivery: Delivery) -> None:
@@ -267,7 +274,7 @@ class Keeper:
         self._held: dict[str, _Held] = {}
         #: key -> (token, error or None for a done mark)
         self._later: dict[str, tuple[str, str | None]] = {}
-        self._unrecorded = 0
+        self._unrecorded: dict[str, int] = {}
         self._pid = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -305,24 +312,23 @@ class Keeper:
             self._later[key] = (token, error)
             self._held.setdefault(key, _Held(token, time.monotonic()))
 
-    def unrecorded_failure(self, n: int = 1) -> None:
+    def unrecorded_failure(self, counter: str, n: int = 1) -> None:
         """Count non-2xx answers the ledger could not count (it was down)."""
         with self._lock:
-            self._unrecorded += n
+            self._unrecorded[counter] = self._unrecorded.get(counter, 0) + n
 
-    def take_unrecorded(self) -> int:
-        """Take the uncounted failures, to add them to the ledger's count now."""
+    def take_unrecorded(self, counter: str) -> int:
+        """Take a counter's uncounted failures, to add them to the ledger's count now."""
         if not self._unrecorded:
             return 0
         with self._lock:
-            n, self._unrecorded = self._unrecorded, 0
-            return n
+            return self._unrecorded.pop(counter, 0)
 
     def clear_unrecorded(self) -> None:
         """Forget uncounted failures: a 2xx answer reset the provider's count."""
         if self._unrecorded:
             with self._lock:
-                self._unrecorded = 0
+                self._unrecorded.clear()
 
     def start(self) -> None:
         """Start the thread in this process if it is not running (after a fork too)."""
@@ -366,7 +372,7 @@ class Keeper:
         with self._lock:
             later = list(self._later.items())
             due = [(k, h) for k, h in self._held.items() if now - h.renewed >= hooks.lease / 3]
-            unrecorded, self._unrecorded = self._unrecorded, 0
+            unrecorded, self._unrecorded = self._unrecorded, {}
         try:
             for key, (token, error) in later:
                 self._settle(key, token, error)
@@ -379,13 +385,18 @@ class Keeper:
                     with self._lock:
                         if self._held.get(key) is held:
                             del self._held[key]
-            if unrecorded:
-                store.bump(hooks.guard_counter, hooks.guard_limit, by=unrecorded)
-                unrecorded = 0
+            while unrecorded:
+                counter, n = unrecorded.popitem()
+                try:
+                    store.bump(counter, hooks.guard_limit, by=n)
+                except StoreUnavailable:
+                    unrecorded[counter] = n
+                    raise
         except StoreUnavailable as exc:
             logger.warning("ledger keeper: store unavailable (%s); will retry", exc)
             with self._lock:
-                self._unrecorded += unrecorded
+                for counter, n in unrecorded.items():
+                    self._unrecorded[counter] = self._unrecorded.get(counter, 0) + n
             return
         if hooks.sweep and not hooks.deferred and now >= self._next_sweep:
             self._next_sweep = now + hooks.sweep_interval
@@ -398,7 +409,7 @@ class Keeper:
     def _settle(self, key: str, token: str, error: str | None) -> None:
         store = self.hooks.store
         if error is None:
-            landed = store.complete(key, token, counter=self.hooks.guard_counter)
+            landed = store.complete(key, token, counter=self.hooks.counter_for(key))
             what = "done mark"
         else:
             landed = store.fail(key, token, error)
@@ -421,6 +432,7 @@ class Keeper:
         """Run records a dead runner left behind (and pending ones), from their bodies."""
         try:
             self.hooks.recover(limit=self.hooks.sweep_batch)
+            self.hooks.store.close_thread()
         except StoreUnavailable as exc:
             logger.warning("recovery sweep: store unavailable (%s)", exc)
         except Exception:
@@ -456,6 +468,7 @@ def _keep(ref: weakref.ref[Keeper]) -> None:
         tick = Keeper.tick if not keeper._idle() else 4 * Keeper.tick
         try:
             keeper._round()
+            keeper.hooks.store.close_thread()
         except ReferenceError:
             return
         except Exception:  # never let the keeper die: it holds everyone's leases

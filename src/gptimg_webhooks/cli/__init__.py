@@ -21,6 +21,7 @@ import click
 from .demo import demo
 from .ledger import ledger
 from .listen import listen
+from .provider import provider
 from .send import send
 from .signing import sign, verify
 from .worker import worker
@@ -38,5 +39,5 @@ def main() -> None:
     """
 
 
-for _command in (sign, verify, send, listen, demo, ledger, worker):
+for _command in (sign, verify, send, listen, demo, ledger, worker, provider):
     main.add_command(_command)

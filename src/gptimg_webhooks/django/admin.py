@@ -10,15 +10,18 @@ import time
 from datetime import datetime
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from .._core.errors import ConfigurationError
 from .._core.ledger import State
-from .models import Delivery
+from .._core.signature import parse_secrets
+from .models import Delivery, WebhookAccount
 
-__all__ = ["DeliveryAdmin"]
+__all__ = ["DeliveryAdmin", "WebhookAccountAdmin"]
 
 _BODY_PREVIEW = 20_000
 
@@ -114,3 +117,54 @@ class DeliveryAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             state=State.DONE.value, token=None, lease_until=None, updated_at=time.time()
         )
         self.message_user(request, f"Marked {count} delivery(ies) resolved.", messages.SUCCESS)
+
+
+class WebhookAccountForm(forms.ModelForm):  # type: ignore[type-arg]
+    """Secrets and keys are write-only: blank on edit keeps the saved value."""
+
+    secrets = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="whsec_... values, comma separated, the newest first; blank keeps them",
+    )
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="gimg_...; blank keeps the saved key",
+    )
+
+    class Meta:
+        model = WebhookAccount
+        fields = ("name", "secrets", "api_key", "enabled")
+
+    def clean_secrets(self) -> str:
+        value: str = self.cleaned_data.get("secrets") or ""
+        if not value:
+            if self.instance.pk and self.instance.secrets:
+                return str(self.instance.secrets)
+            raise forms.ValidationError("an account needs its webhook secret")
+        try:
+            parse_secrets(value)
+        except ConfigurationError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return value
+
+    def clean_api_key(self) -> str:
+        value: str = self.cleaned_data.get("api_key") or ""
+        return value or (str(self.instance.api_key) if self.instance.pk else "")
+
+
+@admin.register(WebhookAccount)
+class WebhookAccountAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    form = WebhookAccountForm
+    list_display = ("name", "enabled", "has_api_key")
+    list_filter = ("enabled",)
+    search_fields = ("name",)
+
+    @admin.display(boolean=True, description="API key")
+    def has_api_key(self, obj: WebhookAccount) -> bool:
+        return bool(obj.api_key)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("name",) if obj is not None else ()

@@ -44,6 +44,7 @@ OPTIONS = {
     "CLOCK_SKEW": "clock_skew",
     "FAILURE_THRESHOLD": "failure_threshold",
     "MODE": "mode",
+    "ACCOUNTS": "accounts",
 }
 
 
@@ -63,6 +64,45 @@ def options() -> dict[str, Any]:
         raise ConfigurationError(f"{SETTING} has unknown key(s) {unknown} (known: {known})")
     found = dict(raw)
     found.setdefault("STORE", os.environ.get(STORE_ENV) or DEFAULT_STORE)
+    return found
+
+
+def accounts_from(value: Any) -> Any:
+    """Read ``GPTIMG_WEBHOOKS["ACCOUNTS"]``: a list of dicts, ``"database"``, or a resolver.
+
+    ``"database"`` serves the accounts of the admin's *Webhook accounts* table; a dotted
+    path (or a callable) names a resolver ``name -> Account | None`` of your own.
+    """
+    from .._core.accounts import Account
+
+    if value == "database":
+        from .accounts import resolve
+
+        return resolve
+    if isinstance(value, str):
+        from django.utils.module_loading import import_string
+
+        try:
+            return import_string(value)
+        except ImportError as exc:
+            raise ConfigurationError(f"{name('ACCOUNTS')}: cannot import {value!r}") from exc
+    if callable(value):
+        return value
+    if not isinstance(value, list | tuple):
+        raise ConfigurationError(f'{name("ACCOUNTS")} must be a list, "database" or a resolver')
+    found = []
+    for item in value:
+        if isinstance(item, Account):
+            found.append(item)
+        elif isinstance(item, Mapping):
+            fields = {str(k).lower(): v for k, v in item.items()}
+            fields["secrets"] = fields.pop("secret", fields.get("secrets"))
+            try:
+                found.append(Account(**fields))
+            except TypeError as exc:
+                raise ConfigurationError(f"{name('ACCOUNTS')}: {exc}") from exc
+        else:
+            raise ConfigurationError(f"{name('ACCOUNTS')} items are dicts or Account objects")
     return found
 
 
@@ -98,6 +138,8 @@ def receiver() -> Webhooks:
         with _lock:
             if _receiver is None:
                 opts = options()
+                if "ACCOUNTS" in opts:
+                    opts["ACCOUNTS"] = accounts_from(opts["ACCOUNTS"])
                 _receiver = DjangoWebhooks(**{OPTIONS[k]: v for k, v in opts.items()})
     return _receiver
 

@@ -8,7 +8,7 @@ from django.db import models
 
 from .._core.ledger import State
 
-__all__ = ["Counter", "Delivery"]
+__all__ = ["Counter", "Delivery", "WebhookAccount"]
 
 
 class Delivery(models.Model):
@@ -69,3 +69,29 @@ class Counter(models.Model):
 
     class Meta:
         db_table = "gptimg_webhooks_counter"
+
+
+class WebhookAccount(models.Model):
+    """One provider account: its endpoint ``<PATH>/<name>``, webhook secrets and API key.
+
+    Used when ``GPTIMG_WEBHOOKS["ACCOUNTS"] == "database"``. Secrets are comma separated
+    (new first while rotating) and, like the API key, never shown again once saved.
+    """
+
+    name: models.SlugField[str, str] = models.SlugField(
+        max_length=64, primary_key=True, help_text="lower-case; the endpoint is <PATH>/<name>"
+    )
+    secrets: models.TextField[str, str] = models.TextField(
+        help_text="whsec_... values, comma separated, the newest first"
+    )
+    api_key: models.TextField[str, str] = models.TextField(
+        "API key", blank=True, default="", help_text="gimg_... (for polling the provider)"
+    )
+    enabled: models.BooleanField[bool, bool] = models.BooleanField(default=True)
+
+    class Meta:
+        db_table = "gptimg_webhooks_account"
+        verbose_name = "webhook account"
+
+    def __str__(self) -> str:
+        return self.name

@@ -371,6 +371,12 @@ class DjangoStore(Store):
 
         return async_to_sync(wait)()
 
+    def close_thread(self) -> None:
+        """Close this thread's connection when Django would at a request's end (CONN_MAX_AGE)."""
+        conn = connections[self.alias]
+        if not conn.in_atomic_block:
+            conn.close_if_unusable_or_obsolete()
+
     def close(self) -> None:
         """Close this thread's connection, unless a transaction is open on it."""
         conn = connections[self.alias]

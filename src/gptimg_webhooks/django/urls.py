@@ -13,6 +13,8 @@ from .views import webhook_view
 
 app_name = "gptimg_webhooks"
 
-urlpatterns = [
-    path(str(options().get("PATH", "/hooks/gptimg")).lstrip("/"), webhook_view, name="receive"),
-]
+_PATH = str(options().get("PATH", "/hooks/gptimg")).strip("/")
+
+urlpatterns = [path(_PATH, webhook_view, name="receive")]
+if "ACCOUNTS" in options():  # one endpoint per account: <PATH>/<name>
+    urlpatterns.append(path(f"{_PATH}/<str:account>", webhook_view, name="receive_account"))

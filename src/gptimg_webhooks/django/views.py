@@ -13,11 +13,12 @@ import logging
 from typing import Any
 
 from asgiref.sync import markcoroutinefunction
-from django.core.exceptions import RequestDataTooBig
+from django.conf import settings
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 
-from .._core.errors import InvalidPayload, PayloadTooLarge, StoreUnavailable, WebhookError
+from .._core.body import BodyReader, refuse
+from .._core.errors import RequestRejected, StoreUnavailable, WebhookError
 from .._core.protocol import Response, error_response
 from .._core.receiver import Webhooks
 from .conf import receiver
@@ -47,19 +48,31 @@ def _prepare(request: HttpRequest) -> tuple[Webhooks, bytes] | HttpResponse:
         return _response(error_response(StoreUnavailable("receiver misconfigured")))
     if request.method != "POST":
         return hooks, b""
-    too_big = _response(error_response(PayloadTooLarge("body larger than the size cap")))
-    length = request.META.get("CONTENT_LENGTH") or ""
-    if length.isdigit() and int(length) > hooks.max_body_size:
-        return too_big  # refused without reading it
     try:
-        # The raw bytes, never request.POST: a form parse would consume the stream.
-        body = request.body
-    except RequestDataTooBig:  # past DATA_UPLOAD_MAX_MEMORY_SIZE
-        return too_big
-    if length.isdigit() and len(body) < int(length):
-        # A WSGI server ends a body cut short by a disconnect without an error.
-        return _response(error_response(InvalidPayload("body incomplete: the client disconnected")))
-    return hooks, body
+        return hooks, _read_body(request, hooks.max_body_size)
+    except RequestRejected as exc:
+        return _response(refuse(exc, request.META.get("HTTP_X_GPTIMG_DELIVERY", "")))
+
+
+def _read_body(request: HttpRequest, limit: int) -> bytes:
+    """Read the raw body, never through ``request.POST``; stop at the cap + 1 byte.
+
+    Under WSGI Django reads nothing without a Content-Length, so a chunked body is read
+    from ``wsgi.input`` itself, until the server ends the de-chunked stream (gunicorn does;
+    elsewhere best effort). Under ASGI Django has spooled the whole body already.
+    """
+    meta = request.META
+    upload_max = settings.DATA_UPLOAD_MAX_MEMORY_SIZE  # the site's own cap applies too
+    reader = BodyReader(limit if upload_max is None else min(limit, upload_max))
+    wsgi_input = meta.get("wsgi.input")
+    reader.check_length(
+        meta.get("CONTENT_LENGTH"),
+        meta.get("HTTP_TRANSFER_ENCODING"),
+        stream_ends=wsgi_input is None or bool(meta.get("wsgi.input_terminated")),
+    )
+    if reader.expected is None and wsgi_input is not None:
+        return reader.read_from(wsgi_input.read)
+    return reader.read_from(request.read)
 
 
 class WebhookView:
@@ -78,7 +91,8 @@ class WebhookView:
             return _ASYNC_MARKS[name]
         raise AttributeError(name)
 
-    def __call__(self, request: HttpRequest) -> Any:
+    def __call__(self, request: HttpRequest, **route: Any) -> Any:
+        # route: the URL's <account>, if any; the receiver reads the path itself.
         if _in_event_loop():
             return self.respond_async(request)
         return self.respond(request)
@@ -88,14 +102,18 @@ class WebhookView:
         if isinstance(ready, HttpResponse):
             return ready
         hooks, body = ready
-        return _response(hooks.handle(request.method or "", request.headers, body))
+        answer = hooks.handle(request.method or "", request.headers, body, path=request.path)
+        return _response(answer)
 
     async def respond_async(self, request: HttpRequest) -> HttpResponse:
         ready = _prepare(request)  # Django's ASGI handler has spooled the body already
         if isinstance(ready, HttpResponse):
             return ready
         hooks, body = ready
-        return _response(await hooks.handle_async(request.method or "", request.headers, body))
+        answer = await hooks.handle_async(
+            request.method or "", request.headers, body, path=request.path
+        )
+        return _response(answer)
 
 
 def _in_event_loop() -> bool:
