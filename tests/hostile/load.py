@@ -241,11 +241,12 @@ class SoakFigures:
 
     def line(self, warm_after: float) -> str:
         peak_records = max(r for _, _, r in self.samples)
-        warm = [rss for t, rss, _ in self.samples if t >= warm_after]
+        warm = [rss / 2**20 for t, rss, _ in self.samples if t >= warm_after]
+        growth = self.growth(warm_after) / 2**20
         return (
-            f"{self.server:22} {len(self.samples)} samples; RSS warm {warm[0] / 2**20:.1f} MiB "
-            f"-> end {warm[-1] / 2**20:.1f} MiB (growth {self.growth(warm_after) / 2**20:+.1f} MiB, "
-            f"max {max(warm) / 2**20:.1f}); ledger records max {peak_records}"
+            f"{self.server:22} {len(self.samples)} samples; RSS warm {warm[0]:.1f} MiB "
+            f"-> end {warm[-1]:.1f} MiB (growth {growth:+.1f} MiB, max {max(warm):.1f}); "
+            f"ledger records max {peak_records}"
         )
 
 

@@ -367,7 +367,7 @@ def _parse(data: bytes) -> Answer:
     return Answer(status, headers, rest)
 
 
-def send_raw(base: str, request: Request, timeout: float = 20.0) -> Answer:
+def send_raw(base: str, request: Request, timeout: float = 8.0) -> Answer:
     """Write the request byte by byte as the case frames it; read the first answer."""
     host, port = base.removeprefix("http://").split(":")
     lines = [f"{request.method} {PATH} HTTP/1.1".encode(), f"Host: {host}:{port}".encode()]

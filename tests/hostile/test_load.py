@@ -9,7 +9,7 @@ from tests.support.services import ensure_postgres, ensure_redis
 
 pytestmark = pytest.mark.slow
 
-DELIVERIES = 600
+DELIVERIES = 400
 CONCURRENCY = 64
 
 

@@ -31,7 +31,7 @@ NO_HANDLER_ANSWERS = {200, 202, 400, 401, 405, 409, 413, 415}
 
 secrets = st.text(min_size=1, max_size=80).filter(lambda s: s.strip() and "," not in s)
 bodies = st.binary(max_size=2048)
-PROFILE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROFILE = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROFILE

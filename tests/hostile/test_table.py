@@ -38,13 +38,13 @@ CASES = load_cases()
 #: Over the whole table, once warm: the first pass through 1 MiB bodies, 100,000-deep
 #: brackets and an 8 MiB chunked flood grows allocator arenas and SQLite's page cache once.
 TABLE_GROWTH_BOUND = 32 << 20
-#: Over 5 more rounds of the framing cases, after 2 rounds of warm-up (each round streams
+#: Over 3 more rounds of the framing cases, after 2 rounds of warm-up (each round streams
 #: an 8 MiB chunked flood, two 1 MiB bodies and 10 MiB of gzip inflation if anything
-#: inflated it): a server that kept any one of those bodies per round would grow 40 MiB or
+#: inflated it): a server that kept any one of those bodies per round would grow 24 MiB or
 #: more. Measured without a leak: 0.3-0.5 MiB per 60 floods; a few MiB per round of
 #: allocator fragmentation across two workers.
 STEADY_GROWTH_BOUND = 16 << 20
-ROUNDS = 5
+ROUNDS = 3
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +106,10 @@ def _as_list(value: Any) -> list[Any]:
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_case(target: Target, case: dict[str, Any]) -> None:
     t = target
+    override = case.get("adapters", {}).get(t.adapter)
+    if override is not None:
+        assert len(override.get("note", "")) > 20, "an adapter's exception says why"
+        case = {**case, **override}
     _reset_guard(t)
     gid = f"gen_h_{t.tag}_{case['name']}"
     request = build(case, gid)
@@ -157,7 +161,8 @@ def test_case(target: Target, case: dict[str, Any]) -> None:
 def test_memory_stays_bounded_over_the_table(target: Target) -> None:
     t = target
     assert len(t.ran) == len(CASES), "runs after the whole table"
-    heavy = [c for c in CASES if c["group"] == "framing"]
+    # Not the cases this adapter documents as waiting for the whole body (they only time out).
+    heavy = [c for c in CASES if c["group"] == "framing" and t.adapter not in c.get("adapters", {})]
 
     def round_of_heavy_cases() -> None:
         for case in heavy:
@@ -182,4 +187,5 @@ def test_every_case_says_why() -> None:
     assert len(CASES) >= 60
     for case in CASES:
         assert len(case["why"]) > 20, case["name"]
+        assert set(case.get("adapters", {})) <= set(ADAPTERS), case["name"]
     assert len({c["group"] for c in CASES}) >= 8
