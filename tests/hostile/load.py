@@ -270,6 +270,7 @@ def soak(
         store = f"sqlite:///{data / 'ledger.sqlite3'}"
         with serve(server, data, [SECRET], store, options=options, workers=workers) as running:
             ledger = open_store(store, create=False)
+            everything: list[tuple[str, bytes, str]] = []
 
             async def drive() -> None:
                 started = time.monotonic()
@@ -280,7 +281,10 @@ def soak(
                         count = len(ledger.records(limit=10**6)) if batch_no else 0
                         result.samples.append((elapsed, running.rss(), count))
                         next_sample += sample_every
+                    # Duplicates and replays come from the same second: well inside the
+                    # retention, so each must still be recognised.
                     requests = plan(int(rate), f"{tag}_{batch_no}", seed=batch_no)
+                    everything.extend(requests)
                     figures.requests += len(requests)
                     await blast(running.base, requests, 16, figures)
                     batch_no += 1
@@ -291,6 +295,10 @@ def soak(
             started = time.perf_counter()
             asyncio.run(drive())
             figures.seconds = time.perf_counter() - started
+            check(running.base, store, everything, figures)
+    figures.new = len({gid for gid, _, _ in everything})
+    figures.duplicates = sum(n - 1 for n in Counter(everything).values())
+    figures.replays = figures.requests - figures.new - figures.duplicates
     result.load = figures
     return result
 

@@ -44,6 +44,7 @@ def test_short_soak_keeps_memory_flat_and_the_ledger_pruned() -> None:
     print(result.line(warm_after=12.0))
     assert result.load is not None
     assert result.load.server_errors == 0, result.load.statuses
+    assert (result.load.lost, result.load.twice, result.load.in_progress) == (0, 0, 0)
     # Pruned while it ran: the ledger holds about retention + prune interval worth of
     # deliveries (rate 20/s x ~8 s = 160 new records), never all of them (~540 new).
     sent = result.load.requests

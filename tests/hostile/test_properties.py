@@ -225,3 +225,36 @@ def test_handle_answers_only_documented_statuses(
     assert found["ok"] is (answer.status < 300)
     if answer.status >= 400:
         assert found["error"]
+
+
+KNOWN_FIELDS = {
+    "generationId",
+    "type",
+    "status",
+    "outputs",
+    "error",
+    "costCredits",
+    "createdAt",
+    "completedAt",
+}
+
+
+@PROFILE
+@given(
+    extra=st.dictionaries(
+        st.text(min_size=1, max_size=12).filter(lambda k: k not in KNOWN_FIELDS),
+        _json_values().filter(lambda v: not isinstance(v, float)),
+        max_size=5,
+    )
+)
+def test_unknown_fields_are_kept_not_refused(extra: dict[str, object]) -> None:
+    body = json.dumps(
+        {"event": "generation.succeeded", "data": {"generationId": "gen_x", **extra}}
+    ).encode()
+    try:
+        value = strictjson.loads(body)
+    except RequestRejected:
+        assume(False)  # strict JSON refused the extra value itself (a surrogate, a NUL, ...)
+    event = parse_event(value)
+    kept = dict(event.data.model_extra or {})  # type: ignore[union-attr]
+    assert kept == extra
