@@ -103,12 +103,14 @@ class Figures:
         return sum(n for status, n in self.statuses.items() if status >= 500)
 
     def line(self) -> str:
+        other = {s: n for s, n in sorted(self.statuses.items()) if s != 200}
         return (
             f"{self.server:22} {self.store:8} {self.requests:6d} req "
             f"({self.new} new, {self.duplicates} dup, {self.replays} forged) "
             f"{self.requests / self.seconds:6.0f} req/s  p50 {self.percentile(0.5):6.1f} ms  "
             f"p99 {self.percentile(0.99):7.1f} ms  lost {self.lost}  twice {self.twice}  "
-            f"5xx {self.server_errors}  in progress {self.in_progress}  gave up {self.gave_up}"
+            f"5xx {self.server_errors}  in progress {self.in_progress}  gave up {self.gave_up}  "
+            f"non-200 answers {other}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -182,8 +184,10 @@ async def blast(
                     figures.statuses[response.status_code] += 1
                     word = response.json().get("status") or response.json().get("error")
                     figures.words[str(word)] += 1
-                    if response.status_code != 409:
+                    if response.status_code not in (409, 503):
                         break
+                    # Like the provider (sped up): a copy in progress or a ledger outage is
+                    # retried; the 503 still counts as a 5xx in the figures.
                     await asyncio.sleep(0.05 * (attempt + 1))
                 else:
                     figures.gave_up += 1
