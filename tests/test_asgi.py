@@ -130,6 +130,34 @@ def test_declared_content_length_over_the_cap_is_refused_before_reading() -> Non
     assert sent[0]["status"] == 413
 
 
+def test_a_body_cut_short_by_a_disconnect_is_never_processed() -> None:
+    # Found by the hostile table (content_length_longer_than_body): the whole signed body
+    # arrived, then the client left before the Content-Length it declared.
+    hooks = Webhooks(SECRET, store="memory://", include_shared=False)
+    ran: list[str] = []
+    hooks.on("generation.succeeded")(lambda e: ran.append(e.data.generation_id))
+    body = payload("gen_cut")
+    messages = [
+        {"type": "http.request", "body": body, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers(body, SECRET).items()]
+    scope = {"type": "http", "method": "POST", "path": "/hooks/gptimg", "headers": raw}
+    asyncio.run(WebhookApp(hooks)(scope, receive, send))  # type: ignore[arg-type]
+    # Nobody is left to hear an answer; whatever is sent, it is never a success.
+    assert all(m["status"] >= 400 for m in sent if m["type"] == "http.response.start")
+    assert ran == []
+    assert list(hooks.store.records()) == []
+
+
 @pytest.fixture(scope="module")
 def starlette_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The Starlette example under real uvicorn with 4 workers and the default SQLite ledger.

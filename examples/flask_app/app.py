@@ -18,7 +18,7 @@ from gptimg_webhooks import Delivery, GenerationFailed, GenerationSucceeded, Web
 from gptimg_webhooks.flask import GptimgWebhooks
 from gptimg_webhooks.metrics import render
 from gptimg_webhooks.testing import Gallery, render_gallery
-from gptimg_webhooks.testing.gallery import demo_plan
+from gptimg_webhooks.testing.gallery import demo_plan, example_options, example_prune_interval
 
 DATA_DIR = os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or Path(__file__).parent / "data"
 gallery = Gallery(DATA_DIR)  # SQLite: every worker process sees the same rows
@@ -45,9 +45,11 @@ def record(event: GenerationSucceeded | GenerationFailed, delivery: Delivery) ->
 def create_app() -> Flask:
     """Build the app; GPTIMG_WEBHOOK_SECRET and GPTIMG_WEBHOOK_STORE come from the environment."""
     app = Flask(__name__)
-    app.config["GPTIMG_WEBHOOK_OPTIONS"] = options
+    # Other Webhooks(...) arguments (max_event_age, retention, ...) as JSON, for tests.
+    app.config["GPTIMG_WEBHOOK_OPTIONS"] = {**example_options(), **options}
     webhooks.init_app(app)
     receiver = observe(webhooks.receiver)
+    receiver.prune_interval = example_prune_interval() or receiver.prune_interval
     app.add_url_rule("/healthz", view_func=health.flask_view(receiver))
 
     @app.get("/metrics")

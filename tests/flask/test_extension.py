@@ -448,3 +448,19 @@ def test_handlers_get_delivery_metadata(make_app: MakeApp, calls: Calls) -> None
     assert isinstance(event, Event)
     assert isinstance(meta, Delivery)
     assert (meta.id, meta.attempt, meta.secret.index) == (headers["X-Gptimg-Delivery"], 1, 0)
+
+
+def test_a_body_shorter_than_its_content_length_is_never_processed(
+    make_app: MakeApp, calls: Calls
+) -> None:
+    # Found by the hostile table (content_length_longer_than_body): gunicorn ends a body
+    # cut short by a disconnect without an error, so the whole signed body arrived and
+    # verified although the request declared more.
+    app, _ = make_app()
+    body, headers = delivery("gen_cut_short")
+    environ = environ_for(io.BytesIO(body), content_length=len(body) + 10, headers=headers)
+    environ["wsgi.input_terminated"] = True  # gunicorn's stream: no werkzeug length limit
+    status, answer = call(app, environ)
+    assert status == 400
+    assert json.loads(answer)["error"] == "invalid_payload"
+    assert calls.ids() == []

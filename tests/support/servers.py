@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,39 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@dataclass(frozen=True)
+class Server:
+    """A started server: its base URL and the process that leads its process group."""
+
+    base: str
+    proc: subprocess.Popen[bytes]
+
+    def pids(self) -> list[int]:
+        """Return the ids of every live process of the server's group (master and workers)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getpgid(int(entry.name)) == self.proc.pid:
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return sorted(found)
+
+    def rss(self) -> int:
+        """Return the summed resident memory of the server's processes, in bytes."""
+        total = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total
 
 
 @contextmanager
@@ -42,6 +76,30 @@ def running(
     The server's output goes to ``log_path`` when given (for tests that read it), else to a
     temporary file shown only when the block fails.
     """
+    with started(
+        argv,
+        port=port,
+        env=env,
+        cwd=cwd,
+        ready_path=ready_path,
+        timeout=timeout,
+        log_path=log_path,
+    ) as server:
+        yield server.base
+
+
+@contextmanager
+def started(
+    argv: list[str],
+    *,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+    ready_path: str = "/generations",
+    timeout: float = 30.0,
+    log_path: Path | None = None,
+) -> Iterator[Server]:
+    """Run ``argv`` until the block ends; yield it as a :class:`Server` once it answers."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     opened = open(log_path, "w+b") if log_path is not None else tempfile.TemporaryFile()  # noqa: SIM115
@@ -73,7 +131,7 @@ def running(
                     )
                 time.sleep(0.1)
             try:
-                yield base
+                yield Server(base, proc)
             except BaseException as exc:
                 # A failure against a server is only diagnosable with the server's own log.
                 log.seek(0)

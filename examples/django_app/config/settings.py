@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from gptimg_webhooks.metrics import PrometheusObserver
+from gptimg_webhooks.testing.gallery import example_options
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("GPTIMG_EXAMPLE_DATA_DIR") or BASE_DIR / "data")
@@ -75,6 +76,8 @@ GPTIMG_WEBHOOKS = {
     "STORE": os.environ.get("GPTIMG_WEBHOOK_STORE") or "django://",
     # Prometheus counters (served at /metrics, see config/urls.py).
     "OBSERVERS": [PrometheusObserver()],
+    # Other options as JSON in GPTIMG_WEBHOOK_OPTIONS, e.g. {"max_event_age": 3600}, for tests.
+    **{key.upper(): value for key, value in example_options().items()},
 }
 # Deferred on a task engine (GPTIMG_EXAMPLE_ENGINE; examples/README.md): MODE, DISPATCHER.
 if os.environ.get("GPTIMG_EXAMPLE_ENGINE"):

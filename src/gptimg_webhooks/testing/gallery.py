@@ -12,15 +12,57 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gptimg_webhooks._core.errors import ConfigurationError
 from gptimg_webhooks._core.events import Event
 from gptimg_webhooks.stores.sqlite import enable_wal
 
-__all__ = ["DATA_DIR_ENV", "Gallery", "demo_plan", "render_gallery"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "OPTIONS_ENV",
+    "Gallery",
+    "demo_plan",
+    "example_options",
+    "example_prune_interval",
+    "render_gallery",
+]
 
 DATA_DIR_ENV = "GPTIMG_EXAMPLE_DATA_DIR"
+#: JSON object of extra ``Webhooks(...)`` arguments for the examples, e.g.
+#: ``{"max_event_age": 3600, "retention": 60}``: how tests and ``scripts/soak`` tune them.
+OPTIONS_ENV = "GPTIMG_WEBHOOK_OPTIONS"
+
+
+def example_options(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Return the ``Webhooks(...)`` arguments in ``$GPTIMG_WEBHOOK_OPTIONS`` (JSON), or ``{}``."""
+    raw = (os.environ if environ is None else environ).get(OPTIONS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        raise ConfigurationError(f"{OPTIONS_ENV} is not JSON") from None
+    if not isinstance(found, dict):
+        raise ConfigurationError(f"{OPTIONS_ENV} must be a JSON object")
+    found.pop("prune_interval", None)  # not an argument: see example_prune_interval()
+    return found
+
+
+def example_prune_interval(environ: Mapping[str, str] | None = None) -> float | None:
+    """Return ``prune_interval`` from ``$GPTIMG_WEBHOOK_OPTIONS``: how often the keeper prunes.
+
+    Not a ``Webhooks`` argument (hourly suits every deployment); the soak sets it short so
+    pruning happens while it runs.
+    """
+    raw = (os.environ if environ is None else environ).get(OPTIONS_ENV, "").strip()
+    try:
+        value = json.loads(raw).get("prune_interval") if raw else None
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 #: Generation id prefix -> (seconds the handler takes, attempts that fail first).
