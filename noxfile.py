@@ -45,7 +45,7 @@ LOWEST = [
     "django==4.2",
 ]
 
-EXTRAS = ".[starlette,flask,django,redis,postgres,cli,fastapi]"
+EXTRAS = ".[starlette,flask,django,redis,postgres,cli,fastapi,client,prometheus,otel,celery]"
 TEST_DEPS = [
     "pytest>=8",
     "pytest-django>=4.8",
