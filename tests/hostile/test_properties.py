@@ -29,7 +29,17 @@ DOCUMENTED = {200, 202, 400, 401, 405, 409, 413, 415, 500, 503}
 #: What a receiver without handlers and with a memory ledger may answer.
 NO_HANDLER_ANSWERS = {200, 202, 400, 401, 405, 409, 413, 415}
 
-secrets = st.text(min_size=1, max_size=80).filter(lambda s: s.strip() and "," not in s)
+# Any secret the receiver accepts: ``whsec_`` then printable text without whitespace,
+# quotes or commas (the separator of several secrets), not the ``whsec_...`` placeholder.
+secrets = (
+    st.text(
+        st.characters(blacklist_categories=("Z", "C"), blacklist_characters="\"',"),
+        min_size=1,
+        max_size=74,
+    )
+    .filter(lambda rest: rest.strip(".…") and rest[-1] not in "\"'")
+    .map(lambda rest: "whsec_" + rest)
+)
 bodies = st.binary(max_size=2048)
 PROFILE = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
