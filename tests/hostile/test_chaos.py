@@ -34,7 +34,7 @@ from gptimg_webhooks.stores import open_store
 from gptimg_webhooks.testing import Clock, Report, Simulator, events, signed
 from tests.hostile.examples import example_env, serve
 from tests.hostile.load import store_url
-from tests.stores.proxy import Proxy
+from tests.support.proxy import Proxy
 from tests.support.servers import ROOT, Server
 from tests.support.services import ensure_postgres, ensure_redis
 

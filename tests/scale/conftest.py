@@ -14,11 +14,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,11 +197,19 @@ def spawned(argv: Sequence[str], env: dict[str, str]) -> Iterator[Proc]:
                     proc.stop()
 
 
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:
+def wait_for(
+    predicate: Any,
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    detail: Callable[[], object] | None = None,
+) -> None:
+    """Poll ``predicate``; on timeout, fail with ``detail()`` (what the test can see)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            extra = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
         time.sleep(interval)
 
 
@@ -349,76 +356,6 @@ async def send(
     await asyncio.gather(*tasks)
     client.close()
     return report
-
-
-# A TCP proxy to cut PostgreSQL off without stopping it ---------------------------------
-
-
-class Proxy:
-    """Forward 127.0.0.1:``port`` to ``target``; :meth:`cut` drops every connection."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    def __enter__(self) -> Proxy:
-        self._thread.start()
-        self.restore()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cut()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-    async def _start(self) -> None:
-        if self._server is not None:
-            return
-        self._server = await asyncio.start_server(
-            self._client, "127.0.0.1", self.port, reuse_address=True
-        )
-
-    async def _stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    def cut(self) -> None:
-        """Refuse new connections and reset every open one."""
-        self._call(self._stop())
-
-    def restore(self) -> None:
-        self._call(self._start())
 
 
 # A private Redis server to stop and start again ----------------------------------------

@@ -24,7 +24,6 @@ from tests.scale.conftest import (
     SECRET,
     Backend,
     PrivateRedis,
-    Proxy,
     deliveries,
     drop,
     postgres_backend,
@@ -35,6 +34,7 @@ from tests.scale.conftest import (
     worker_argv,
 )
 from tests.support.contract import payload
+from tests.support.proxy import Proxy
 from tests.support.servers import free_port, running, uvicorn_argv
 from tests.support.services import ensure_postgres, unavailable
 
@@ -133,6 +133,11 @@ RATE = 75.0  # groups per second: the burst lasts 4 s
 DOWN_AT, UP_AT = 1.0, 3.0  # seconds into the burst
 
 
+def _unusual(log: str) -> str:
+    """Keep the lines of a worker's log that are not a routine success."""
+    return "\n".join(line for line in log.splitlines() if ": processed" not in line)[-6000:]
+
+
 def _outage_run(backend: Backend, stop: object, start: object) -> None:
     """Send a burst, stop the store during it, and check what the sender saw."""
     port = free_port()
@@ -162,7 +167,12 @@ def _outage_run(backend: Backend, stop: object, start: object) -> None:
         spawned(worker_argv(*options), env) as worker,
     ):
         report = asyncio.run(burst())
-        wait_for(lambda: _drained(backend, BURST), 30, "the queue to drain after the outage")
+        wait_for(
+            lambda: _drained(backend, BURST),
+            30,
+            "the queue to drain after the outage",
+            detail=lambda: f"{backend.states()}\n--- worker ---\n{_unusual(worker.output())}",
+        )
         assert worker.stop() == 0, worker.output()
 
     answers = report.answers  # type: ignore[attr-defined]

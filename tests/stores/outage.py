@@ -109,7 +109,7 @@ def outage_and_recovery(open_via: Callable[[int], Store], target_port: int) -> t
     fail with StoreUnavailable while cut off, and serve claims again once restored,
     without being reopened: its pooled connections died with the outage.
     """
-    from tests.stores.proxy import Proxy
+    from tests.support.proxy import Proxy
 
     proxy = Proxy(target_port)
     proxy.start()

@@ -25,9 +25,10 @@ import pytest
 from gptimg_webhooks import Delivery, Event, Webhooks, sign
 from gptimg_webhooks._core.ledger import State, Store
 from gptimg_webhooks.stores import open_store
+from gptimg_webhooks.worker import Backoff
 from tests.stores.conftest import with_query
-from tests.stores.proxy import Proxy
 from tests.support.contract import payload
+from tests.support.proxy import Proxy
 
 SECRET = "whsec_faults_0123456789abcdef0123"
 
@@ -275,3 +276,68 @@ def test_handler_that_catches_its_own_sql_error_fails_as_a_handler(opener: Opene
     assert post(hooks, body) == (200, "processed")  # the provider's retry
     assert attempts == [1, 2]
     hooks.close()
+
+
+# A runner's run cut off by an outage goes back to the queue ---------------------------
+
+
+@pytest.fixture(params=["redis", "postgres"])
+def behind_proxy(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, Proxy]]:
+    """(URL through a proxy, direct URL, proxy) of a fresh Redis or PostgreSQL ledger."""
+    if request.param == "redis":
+        direct = request.getfixturevalue("redis_url")
+        direct = with_query(direct, prefix=request.getfixturevalue("redis_prefix"))
+    else:
+        direct = request.getfixturevalue("postgres_url")
+        direct = with_query(direct, table=request.getfixturevalue("postgres_table"))
+    port = int(direct.split("://", 1)[1].split("@")[-1].split("/")[0].split(":")[1])
+    proxy = Proxy(port)
+    proxy.start()
+    yield direct.replace(f":{port}/", f":{proxy.port}/", 1), direct, proxy
+    proxy.cut()
+
+
+def _settled(store: Store, key: str, timeout: float = 10) -> State:
+    """Wait until the keeper has landed what the outage left (the lease is released)."""
+    deadline = time.monotonic() + timeout
+    while (record := store.get(key)) is None or record.state is State.PROCESSING:
+        assert time.monotonic() < deadline, record
+        time.sleep(0.1)
+    return record.state
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["done_mark", "failed_mark"])
+def test_worker_run_cut_off_by_an_outage_is_queued_again_not_stranded(
+    behind_proxy: tuple[str, str, Proxy], fails: bool
+) -> None:
+    url, direct_url, proxy = behind_proxy
+    hooks = receiver(open_store(url), mode="deferred", backoff=Backoff(initial=0.2))
+    direct = open_store(direct_url)
+    attempts: list[int] = []
+
+    @hooks.on("generation.succeeded")
+    def handler(event: Event, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        if delivery.attempt == 1:
+            proxy.cut()  # the store goes while the run settles...
+            threading.Timer(1.0, proxy.restore).start()  # ...and comes back
+            if fails:
+                raise RuntimeError("the handler fails too")
+
+    body = payload(f"gen_requeue_{uuid.uuid4().hex[:8]}")
+    assert post(hooks, body) == (202, "queued")
+    (first,) = hooks.recover(limit=1).values()
+    assert first in {"store_unavailable", "handler_failed", "processed"}
+    (record,) = direct.records()
+    # No provider retry follows a 202: the run must be queued again (or done), never
+    # left failed for a retry that will not come.
+    assert _settled(direct, record.key) in {State.PENDING, State.DONE}
+    deadline = time.monotonic() + 10
+    while direct.get(record.key).state is not State.DONE:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, direct.get(record.key)
+        hooks.recover(limit=1)
+        time.sleep(0.2)
+    assert attempts[0] == 1
+    assert attempts[-1] >= 2 or not fails
+    hooks.close()
+    direct.close()

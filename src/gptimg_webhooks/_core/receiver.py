@@ -593,7 +593,9 @@ class Webhooks:
         try:
             step, also = self._take_gate(event, delivery.key)
         except StoreUnavailable as exc:
-            self.keeper.settle_later(delivery.key, token, "store unavailable at the gate")
+            self.keeper.settle_later(
+                delivery.key, token, "store unavailable at the gate", Settlement("fail")
+            )
             self.keeper.unrecorded_failure(self.counter_for(delivery.key))
             return error_response(exc)
         if step != "run":
@@ -730,7 +732,7 @@ class Webhooks:
         if step != "run":
             return str(self._gated(step, delivery, claim.token).json.get("status", step))
         with self._running(delivery, "deferred", record.traceparent) as run:
-            result = execute(self, event, delivery, claim.token, also)
+            result = execute(self, event, delivery, claim.token, also, runner=True)
             if run is not None:
                 run.outcome = result.outcome
         if result.outcome != "failed":
@@ -750,7 +752,7 @@ class Webhooks:
             return "dead"
         delivery = _stored_delivery(record, event, claim)
         with self._running(delivery, "deferred", record.traceparent) as run:
-            result = await aexecute(self, event, delivery, claim.token)
+            result = await aexecute(self, event, delivery, claim.token, runner=True)
             if run is not None:
                 run.outcome = result.outcome
         if result.outcome != "failed":
@@ -830,7 +832,7 @@ class Webhooks:
             claim.attempt,
             account=account,
         )
-        result = execute(self, event, delivery, claim.token)
+        result = execute(self, event, delivery, claim.token, runner=True)
         if result.outcome != "failed":
             logger.info("generation %s reconciled by polling", generation_id[:40])
             return result.outcome

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import LeaseLost, StoreUnavailable
 from .events import Event
 from .handlers import Delivery, HandlerSpec
-from .ledger import FINISHED, State
+from .ledger import FINISHED, State, Store
 
 if TYPE_CHECKING:
     from .receiver import Webhooks
@@ -109,11 +109,14 @@ def execute(
     delivery: Delivery,
     token: str,
     also: tuple[str, str] | None = None,
+    *,
+    runner: bool = False,
 ) -> Result:
     """Run ``event``'s handlers and the done mark, in the store's transaction, blocking.
 
     ``also`` (key, token): a second record held for the same run (a generation's gate),
-    marked done with the first.
+    marked done with the first. ``runner``: no provider retry follows this run (a worker,
+    a sweep, a rerun), so a run an outage interrupts goes back to the queue.
     """
     store, key = hooks.store, delivery.key
     handlers = hooks.routes(event.event)
@@ -140,7 +143,7 @@ def execute(
             return Result("lease_lost", exc)
         except StoreUnavailable as exc:
             if phase != _HANDLERS:
-                return _outage(hooks, key, token, phase, exc)
+                return _outage(hooks, key, token, phase, exc, runner)
             hooks.report(exc, event, delivery)
             return Result("failed", exc)
         except Exception as exc:
@@ -155,6 +158,8 @@ async def aexecute(
     delivery: Delivery,
     token: str,
     also: tuple[str, str] | None = None,
+    *,
+    runner: bool = False,
 ) -> Result:
     """Async twin of :func:`execute`: no thread waits unless a handler or the store needs one."""
     store, key = hooks.store, delivery.key
@@ -163,7 +168,9 @@ async def aexecute(
     if store.transactional and not (store.async_transactions and all_async):
         # A thread-bound transaction (Django's), or sync handlers that need a sync
         # connection as delivery.transaction: handlers and the mark share one thread.
-        return await asyncio.to_thread(_execute_in_thread, hooks, event, delivery, token, also)
+        return await asyncio.to_thread(
+            _execute_in_thread, hooks, event, delivery, token, also, runner
+        )
     phase = _OPEN
     with hooks.keeper.holding(key, token), _holding(hooks, also):
         try:
@@ -183,7 +190,7 @@ async def aexecute(
             return Result("lease_lost", exc)
         except StoreUnavailable as exc:
             if phase != _HANDLERS:
-                return _outage(hooks, key, token, phase, exc)
+                return _outage(hooks, key, token, phase, exc, runner)
             await asyncio.to_thread(hooks.report, exc, event, delivery)
             return Result("failed", exc)
         except Exception as exc:
@@ -201,10 +208,11 @@ def _execute_in_thread(
     event: Event,
     delivery: Delivery,
     token: str,
-    also: tuple[str, str] | None = None,
+    also: tuple[str, str] | None,
+    runner: bool,
 ) -> Result:
     try:
-        return execute(hooks, event, delivery, token, also)
+        return execute(hooks, event, delivery, token, also, runner=runner)
     finally:
         hooks.store.close_thread()
 
@@ -221,16 +229,20 @@ async def _acall(handlers: tuple[HandlerSpec, ...], event: Event, delivery: Deli
                 await result
 
 
-def _outage(hooks: Webhooks, key: str, token: str, phase: str, exc: StoreUnavailable) -> Result:
+def _outage(
+    hooks: Webhooks, key: str, token: str, phase: str, exc: StoreUnavailable, runner: bool
+) -> Result:
     logger.error("ledger unavailable while settling %s: %s", key[:12], exc)
     if phase == _MARK and not hooks.store.transactional:
         # The handlers ran and their effects stand: land the mark later, holding the
         # lease, rather than let a copy run them again.
-        hooks.keeper.settle_later(key, token, None)
+        hooks.keeper.settle_later(key, token, None, None)
         return Result("processed")
     # Nothing was committed (or the transaction went with the outage): hand the lease
-    # back as soon as the store returns, so the provider's retry can run it.
-    hooks.keeper.settle_later(key, token, f"store unavailable during the run ({phase})")
+    # back as soon as the store returns: failed, for the provider's retry to claim, or
+    # queued again when no retry will come (a failed mark there would strand it).
+    plan = _REQUEUE if runner else _FAIL
+    hooks.keeper.settle_later(key, token, f"store unavailable during the run ({phase})", plan)
     return Result("store_unavailable", exc)
 
 
@@ -242,6 +254,9 @@ class Settlement:
     delay: float = 0.0
 
 
+_FAIL, _REQUEUE = Settlement("fail"), Settlement("retry")
+
+
 def settlement(backoff: Backoff, attempt: int, *, provider_retries: bool) -> Settlement:
     """Decide how to settle a failed run.
 
@@ -250,22 +265,25 @@ def settlement(backoff: Backoff, attempt: int, *, provider_retries: bool) -> Set
     ``bury`` once out of attempts.
     """
     if provider_retries:
-        return Settlement("fail")
+        return _FAIL
     delay = backoff.delay(attempt)
     return Settlement("bury") if delay is None else Settlement("retry", delay)
 
 
+def _perform(store: Store, key: str, token: str, error: str, plan: Settlement) -> bool:
+    if plan.op == "retry":
+        return store.retry(key, token, error, delay=plan.delay)
+    if plan.op == "bury":
+        return store.bury(key, token, error)
+    return store.fail(key, token, error)
+
+
 def settle_failure(hooks: Webhooks, key: str, token: str, error: str, plan: Settlement) -> bool:
     """Perform ``plan``; a store outage leaves it to the keeper. Return whether it landed."""
-    store = hooks.store
     try:
-        if plan.op == "retry":
-            return store.retry(key, token, error, delay=plan.delay)
-        if plan.op == "bury":
-            return store.bury(key, token, error)
-        return store.fail(key, token, error)
+        return _perform(hooks.store, key, token, error, plan)
     except StoreUnavailable:
-        hooks.keeper.settle_later(key, token, error)
+        hooks.keeper.settle_later(key, token, error, plan)
         return False
 
 
@@ -281,7 +299,7 @@ async def asettle_failure(
             return await store.abury(key, token, error)
         return await store.afail(key, token, error)
     except StoreUnavailable:
-        hooks.keeper.settle_later(key, token, error)
+        hooks.keeper.settle_later(key, token, error, plan)
         return False
 
 
@@ -324,8 +342,8 @@ class Keeper:
         self._hooks = weakref.ref(hooks)
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
-        #: key -> (token, error or None for a done mark)
-        self._later: dict[str, tuple[str, str | None]] = {}
+        #: key -> (token, error, plan); a done mark has neither error nor plan
+        self._later: dict[str, tuple[str, str | None, Settlement | None]] = {}
         self._unrecorded: dict[str, int] = {}
         self._pid = 0
         self._thread: threading.Thread | None = None
@@ -347,11 +365,13 @@ class Keeper:
         """Renew ``key``'s lease in the background while the block runs."""
         return _Holding(self, key, token)
 
-    def settle_later(self, key: str, token: str, error: str | None) -> None:
-        """Land a done mark (``error`` None), or hand a lease back as failed, later."""
+    def settle_later(
+        self, key: str, token: str, error: str | None, plan: Settlement | None
+    ) -> None:
+        """Land a done mark (``plan`` None), or settle a failed run by ``plan``, later."""
         self.start()
         with self._lock:
-            self._later[key] = (token, error)
+            self._later[key] = (token, error, plan)
             self._held.setdefault(key, _Held(token, time.monotonic()))
 
     def unrecorded_failure(self, counter: str, n: int = 1) -> None:
@@ -416,8 +436,8 @@ class Keeper:
             due = [(k, h) for k, h in self._held.items() if now - h.renewed >= hooks.lease / 3]
             unrecorded, self._unrecorded = self._unrecorded, {}
         try:
-            for key, (token, error) in later:
-                self._settle(key, token, error)
+            for key, (token, error, plan) in later:
+                self._settle(key, token, error, plan)
             for key, held in due:
                 if key in self._later:
                     continue  # settled above, or still waiting for the store
@@ -453,14 +473,14 @@ class Keeper:
             self._next_prune = now + hooks.prune_interval
             self._prune()
 
-    def _settle(self, key: str, token: str, error: str | None) -> None:
+    def _settle(self, key: str, token: str, error: str | None, plan: Settlement | None) -> None:
         store = self.hooks.store
-        if error is None:
+        if plan is None:
             landed = store.complete(key, token, counter=self.hooks.counter_for(key))
             what = "done mark"
         else:
-            landed = store.fail(key, token, error)
-            what = "failed mark"
+            landed = _perform(store, key, token, error or "", plan)
+            what = f"{plan.op} mark"
         with self._lock:
             self._later.pop(key, None)
             held = self._held.get(key)

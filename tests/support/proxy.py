@@ -19,6 +19,13 @@ class Proxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
 
+    def __enter__(self) -> Proxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+
     def start(self) -> None:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
