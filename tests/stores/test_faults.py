@@ -341,3 +341,31 @@ def test_worker_run_cut_off_by_an_outage_is_queued_again_not_stranded(
     assert attempts[-1] >= 2 or not fails
     hooks.close()
     direct.close()
+
+
+@pytest.mark.parametrize("behind_proxy", ["postgres"], indirect=True)
+def test_request_answered_early_then_cut_off_is_queued_again_not_stranded(
+    behind_proxy: tuple[str, str, Proxy],
+) -> None:
+    url, direct_url, proxy = behind_proxy
+    hooks = receiver(open_store(url), reply_deadline=0.3, sweep_interval=0.5)
+    direct = open_store(direct_url)
+    attempts: list[int] = []
+
+    @hooks.on("generation.succeeded")
+    def handler(event: Event, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        if delivery.attempt == 1:
+            time.sleep(0.8)  # past the reply deadline: the provider has its 202
+            proxy.cut()  # then the store goes before the done mark commits
+            threading.Timer(1.0, proxy.restore).start()
+
+    body = payload(f"gen_early_{uuid.uuid4().hex[:8]}")
+    assert post(hooks, body) == (202, "processing")
+    deadline = time.monotonic() + 20
+    while not (records := direct.records()) or records[0].state is not State.DONE:
+        assert time.monotonic() < deadline, records  # a failed record would wait forever
+        time.sleep(0.2)
+    assert attempts == [1, 2]  # the first run's commit never landed
+    hooks.close()
+    direct.close()

@@ -601,7 +601,7 @@ class Webhooks:
         if step != "run":
             return self._gated(step, delivery, token)
         with self._running(delivery, "inline") as run:
-            result = execute(self, event, delivery, token, also)
+            result = execute(self, event, delivery, token, also, answered=_answered(handoff))
             if run is not None:
                 run.outcome = result.outcome
         detached = handoff is not None and handoff.finish()
@@ -689,7 +689,7 @@ class Webhooks:
             # The gate costs a round trip only with reconciliation on: keep it simple.
             return await asyncio.to_thread(self._run_and_settle, event, delivery, token, handoff)
         with self._running(delivery, "inline") as run:
-            result = await aexecute(self, event, delivery, token)
+            result = await aexecute(self, event, delivery, token, answered=_answered(handoff))
             if run is not None:
                 run.outcome = result.outcome
         detached = handoff is not None and handoff.finish()
@@ -732,7 +732,7 @@ class Webhooks:
         if step != "run":
             return str(self._gated(step, delivery, claim.token).json.get("status", step))
         with self._running(delivery, "deferred", record.traceparent) as run:
-            result = execute(self, event, delivery, claim.token, also, runner=True)
+            result = execute(self, event, delivery, claim.token, also)
             if run is not None:
                 run.outcome = result.outcome
         if result.outcome != "failed":
@@ -752,7 +752,7 @@ class Webhooks:
             return "dead"
         delivery = _stored_delivery(record, event, claim)
         with self._running(delivery, "deferred", record.traceparent) as run:
-            result = await aexecute(self, event, delivery, claim.token, runner=True)
+            result = await aexecute(self, event, delivery, claim.token)
             if run is not None:
                 run.outcome = result.outcome
         if result.outcome != "failed":
@@ -832,7 +832,7 @@ class Webhooks:
             claim.attempt,
             account=account,
         )
-        result = execute(self, event, delivery, claim.token, runner=True)
+        result = execute(self, event, delivery, claim.token)
         if result.outcome != "failed":
             logger.info("generation %s reconciled by polling", generation_id[:40])
             return result.outcome
@@ -1044,6 +1044,16 @@ def _in_progress(tripped: bool) -> Response:
     exc = DeliveryInProgress("a copy of this delivery is being processed; retry later")
     _log_rejection(exc)
     return error_response(exc)
+
+
+def _answered(handoff: _Handoff | None) -> Callable[[], bool]:
+    """Whether a request's run ended by an outage was answered early (no retry follows)."""
+    # finish() also stops an early answer from going out after the run ended.
+    return _not_yet if handoff is None else handoff.finish
+
+
+def _not_yet() -> bool:
+    return False
 
 
 def _result_answer(result: Result) -> Response:

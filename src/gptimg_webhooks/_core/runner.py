@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,10 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _no_retry() -> bool:
+    return True
+
+
 # Phases of a run: a store error means an outage only in the store's own phases.
 _OPEN, _HANDLERS, _MARK, _COMMIT = "open", "handlers", "mark", "commit"
 
@@ -110,13 +115,14 @@ def execute(
     token: str,
     also: tuple[str, str] | None = None,
     *,
-    runner: bool = False,
+    answered: Callable[[], bool] = _no_retry,
 ) -> Result:
     """Run ``event``'s handlers and the done mark, in the store's transaction, blocking.
 
     ``also`` (key, token): a second record held for the same run (a generation's gate),
-    marked done with the first. ``runner``: no provider retry follows this run (a worker,
-    a sweep, a rerun), so a run an outage interrupts goes back to the queue.
+    marked done with the first. ``answered()``, asked if an outage ends the run: whether
+    the provider has its answer already, so no retry of its will run the record again
+    (always, for a runner; for a request, once it has answered early).
     """
     store, key = hooks.store, delivery.key
     handlers = hooks.routes(event.event)
@@ -143,7 +149,7 @@ def execute(
             return Result("lease_lost", exc)
         except StoreUnavailable as exc:
             if phase != _HANDLERS:
-                return _outage(hooks, key, token, phase, exc, runner)
+                return _outage(hooks, key, token, phase, exc, answered)
             hooks.report(exc, event, delivery)
             return Result("failed", exc)
         except Exception as exc:
@@ -159,7 +165,7 @@ async def aexecute(
     token: str,
     also: tuple[str, str] | None = None,
     *,
-    runner: bool = False,
+    answered: Callable[[], bool] = _no_retry,
 ) -> Result:
     """Async twin of :func:`execute`: no thread waits unless a handler or the store needs one."""
     store, key = hooks.store, delivery.key
@@ -169,7 +175,7 @@ async def aexecute(
         # A thread-bound transaction (Django's), or sync handlers that need a sync
         # connection as delivery.transaction: handlers and the mark share one thread.
         return await asyncio.to_thread(
-            _execute_in_thread, hooks, event, delivery, token, also, runner
+            _execute_in_thread, hooks, event, delivery, token, also, answered
         )
     phase = _OPEN
     with hooks.keeper.holding(key, token), _holding(hooks, also):
@@ -190,7 +196,7 @@ async def aexecute(
             return Result("lease_lost", exc)
         except StoreUnavailable as exc:
             if phase != _HANDLERS:
-                return _outage(hooks, key, token, phase, exc, runner)
+                return _outage(hooks, key, token, phase, exc, answered)
             await asyncio.to_thread(hooks.report, exc, event, delivery)
             return Result("failed", exc)
         except Exception as exc:
@@ -209,10 +215,10 @@ def _execute_in_thread(
     delivery: Delivery,
     token: str,
     also: tuple[str, str] | None,
-    runner: bool,
+    answered: Callable[[], bool],
 ) -> Result:
     try:
-        return execute(hooks, event, delivery, token, also, runner=runner)
+        return execute(hooks, event, delivery, token, also, answered=answered)
     finally:
         hooks.store.close_thread()
 
@@ -230,7 +236,12 @@ async def _acall(handlers: tuple[HandlerSpec, ...], event: Event, delivery: Deli
 
 
 def _outage(
-    hooks: Webhooks, key: str, token: str, phase: str, exc: StoreUnavailable, runner: bool
+    hooks: Webhooks,
+    key: str,
+    token: str,
+    phase: str,
+    exc: StoreUnavailable,
+    answered: Callable[[], bool],
 ) -> Result:
     logger.error("ledger unavailable while settling %s: %s", key[:12], exc)
     if phase == _MARK and not hooks.store.transactional:
@@ -241,7 +252,7 @@ def _outage(
     # Nothing was committed (or the transaction went with the outage): hand the lease
     # back as soon as the store returns: failed, for the provider's retry to claim, or
     # queued again when no retry will come (a failed mark there would strand it).
-    plan = _REQUEUE if runner else _FAIL
+    plan = _REQUEUE if answered() else _FAIL
     hooks.keeper.settle_later(key, token, f"store unavailable during the run ({phase})", plan)
     return Result("store_unavailable", exc)
 
