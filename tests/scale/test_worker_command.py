@@ -48,7 +48,10 @@ def effects(env: dict[str, str], phase: str = "effect") -> list[str]:
     if not path.exists():
         return []
     with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT generation_id FROM effects WHERE phase = ?", (phase,))
+        try:
+            rows = conn.execute("SELECT generation_id FROM effects WHERE phase = ?", (phase,))
+        except sqlite3.OperationalError:  # the worker made the file, not yet its table
+            return []
         return sorted(r[0] for r in rows)
 
 
