@@ -1,8 +1,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.services import IN_CI
+
+# The properties test behaviour, not speed: on a loaded 2-core CI machine one example can
+# take longer than hypothesis' default 200 ms deadline, which would fail a correct run.
+settings.register_profile("gptimg", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("gptimg")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gptimg_webhooks import Event, StoreUnavailable, Webhooks
-from gptimg_webhooks._core.ledger import Applied, State, Transition
+from gptimg_webhooks._core.ledger import Applied, Change, State
 from gptimg_webhooks.stores.memory import MemoryStore
 from tests.support.contract import payload
 
@@ -45,11 +45,11 @@ class Outage(MemoryStore):
         super().__init__()
         self.down = down
 
-    def apply(self, transition: Transition, key: str, **kwargs: Any) -> Applied:
+    def apply(self, change: Change) -> Applied:
         if self.down:
             self.down -= 1
             raise StoreUnavailable("redis://10.0.0.7:6379 (claim): connection refused")
-        return super().apply(transition, key, **kwargs)
+        return super().apply(change)
 
 
 # The reply deadline ------------------------------------------------------------------
@@ -121,11 +121,11 @@ def test_handler_failing_after_the_deadline_is_handed_to_runners_not_counted() -
 
 def test_a_delivery_not_yet_recorded_at_the_deadline_is_never_answered_2xx() -> None:
     class SlowClaims(MemoryStore):
-        def apply(self, transition: Transition, key: str, **kwargs: Any) -> Applied:
-            if transition.name == "claim":
+        def apply(self, change: Change) -> Applied:
+            if change.transition.name == "claim":
                 time.sleep(0.5)  # a jammed ledger, still inside its own timeout
                 raise StoreUnavailable("jammed")
-            return super().apply(transition, key, **kwargs)
+            return super().apply(change)
 
     hooks = hooks_on(SlowClaims(), reply_deadline=0.2)
     assert post(hooks, payload("gen_jammed")) == (503, "store_unavailable")

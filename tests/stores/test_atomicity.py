@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gptimg_webhooks._core.ledger import Applied, Entry, Store, Transition
+from gptimg_webhooks._core.ledger import Applied, Change, Store
 from gptimg_webhooks.stores.memory import MemoryStore, _Row, new_token
 from gptimg_webhooks.stores.sqlite import SQLiteStore
 from tests.stores.conformance import MultiProcessConformance, StoreConformance
@@ -26,30 +25,28 @@ class CheckThenInsertMemory(MemoryStore):
     # A thread per async call, as the base class does by default: the races are real.
     aapply = Store.aapply
 
-    def apply(
-        self, transition: Transition, key: str, *, entry: Entry | None = None, **kw: Any
-    ) -> Applied:
+    def apply(self, change: Change) -> Applied:
+        transition, key, entry = change.transition, change.key, change.entry
         if not transition.inserts or entry is None or self.get(key) is not None:
-            return super().apply(transition, key, entry=entry, **kw)
+            return super().apply(change)
         time.sleep(ROUND_TRIP)
         with self._lock:
             now = self.clock()
             row = self._rows[key] = _Row(entry, now)  # overwrites a racer's row
             row.state, row.attempts, row.token = transition.target, 1, new_token()
-            row.lease_until = now + kw.get("lease", 0.0)
+            row.lease_until = now + change.lease
             return Applied(True, row.state, row.attempts, row.token)
 
 
 class CheckThenInsertSQLite(SQLiteStore):
-    def apply(
-        self, transition: Transition, key: str, *, entry: Entry | None = None, **kw: Any
-    ) -> Applied:
+    def apply(self, change: Change) -> Applied:
+        transition, key, entry = change.transition, change.key, change.entry
         with self._db() as conn:
             found = conn.execute(
                 "SELECT 1 FROM gptimg_webhook_deliveries WHERE key = ?", (key,)
             ).fetchone()
         if not transition.inserts or entry is None or found is not None:
-            return super().apply(transition, key, entry=entry, **kw)
+            return super().apply(change)
         time.sleep(ROUND_TRIP)
         token, now = new_token(), time.time()
         with self._db() as conn:
@@ -57,7 +54,7 @@ class CheckThenInsertSQLite(SQLiteStore):
                 "INSERT OR REPLACE INTO gptimg_webhook_deliveries (key, state, delivery_id, "
                 "attempts, token, lease_until, body, created_at, updated_at) "
                 "VALUES (?, 'processing', ?, 1, ?, ?, ?, ?, ?)",
-                (key, entry.delivery_id, token, now + kw.get("lease", 0.0), entry.body, now, now),
+                (key, entry.delivery_id, token, now + change.lease, entry.body, now, now),
             )
         return Applied(True, transition.target, 1, token)
 

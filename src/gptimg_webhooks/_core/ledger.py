@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 __all__ = [
     "BURY",
@@ -52,6 +52,7 @@ __all__ = [
     "TRANSITIONS",
     "WATCH",
     "Applied",
+    "Change",
     "Claim",
     "ClaimStatus",
     "Entry",
@@ -290,6 +291,24 @@ class Stats:
 STATS_SCAN = 10_000
 
 
+class Change(NamedTuple):
+    """One transition asked of one record: what :meth:`Store.apply` applies atomically.
+
+    ``entry`` fills a new row (transitions that insert); ``token`` is the caller's for
+    ``HELD``; ``lease`` and ``delay`` are seconds from the store's now; ``counter`` names
+    the failure streak a transition with ``ends_streak`` resets.
+    """
+
+    transition: Transition
+    key: str
+    entry: Entry | None = None
+    token: str = ""
+    lease: float = 0.0
+    error: str | None = None
+    delay: float = 0.0
+    counter: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     """What :meth:`Store.apply` did.
@@ -335,24 +354,9 @@ class Store(ABC):
     # Primitives ------------------------------------------------------------------
 
     @abstractmethod
-    def apply(
-        self,
-        transition: Transition,
-        key: str,
-        *,
-        entry: Entry | None = None,
-        token: str = "",
-        lease: float = 0.0,
-        error: str | None = None,
-        delay: float = 0.0,
-        counter: str = "",
-    ) -> Applied:
-        """Apply ``transition`` to record ``key`` if, atomically, it is in one of its sources.
-
-        ``entry`` fills a new row (transitions that insert); ``token`` is the caller's
-        for ``HELD``; ``lease`` and ``delay`` are seconds from the store's now;
-        ``counter`` names the failure streak a transition with ``ends_streak`` resets.
-        """
+    def apply(self, change: Change) -> Applied:
+        """Apply ``change.transition`` to its record if, atomically, the record is in one
+        of the transition's sources."""
 
     @abstractmethod
     def due(self, limit: int) -> Sequence[str]:
@@ -444,29 +448,8 @@ class Store(ABC):
         way a request's end would, so pooled threads never keep connections open.
         """
 
-    async def aapply(
-        self,
-        transition: Transition,
-        key: str,
-        *,
-        entry: Entry | None = None,
-        token: str = "",
-        lease: float = 0.0,
-        error: str | None = None,
-        delay: float = 0.0,
-        counter: str = "",
-    ) -> Applied:
-        return await asyncio.to_thread(
-            self.apply,
-            transition,
-            key,
-            entry=entry,
-            token=token,
-            lease=lease,
-            error=error,
-            delay=delay,
-            counter=counter,
-        )
+    async def aapply(self, change: Change) -> Applied:
+        return await asyncio.to_thread(self.apply, change)
 
     async def adue(self, limit: int) -> Sequence[str]:
         return await asyncio.to_thread(self.due, limit)
@@ -498,7 +481,7 @@ class Store(ABC):
 
     def _arrive(self, transition: Transition, entry: Entry, lease: float) -> Claim:
         for _ in range(3):  # the row may change between the attempt and the look
-            done = self.apply(transition, entry.key, entry=entry, lease=lease)
+            done = self.apply(Change(transition, entry.key, entry=entry, lease=lease))
             claim = _claim(transition, done)
             if claim is not None:
                 return claim
@@ -508,7 +491,7 @@ class Store(ABC):
         """Lease up to ``limit`` due or abandoned records for a runner."""
         leased = []
         for key in self.due(limit) if limit > 0 else ():
-            done = self.apply(LEASE, key, lease=lease)
+            done = self.apply(Change(LEASE, key, lease=lease))
             if done.ok and done.record is not None:  # another runner may have won it
                 leased.append((done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)))
         return leased
@@ -519,41 +502,41 @@ class Store(ABC):
         None when it is not: done, in progress under a live lease, waiting out a retry
         delay, dead, or gone. A pointer delivered twice therefore runs the record once.
         """
-        done = self.apply(LEASE, key, lease=lease)
+        done = self.apply(Change(LEASE, key, lease=lease))
         if not done.ok or done.record is None:
             return None
         return done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)
 
     def rerun(self, key: str, *, lease: float) -> tuple[Record, Claim] | None:
         """Lease a failed or dead record to run it now; None when it is neither."""
-        done = self.apply(RERUN, key, lease=lease)
+        done = self.apply(Change(RERUN, key, lease=lease))
         if not done.ok or done.record is None:
             return None
         return done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)
 
     def renew(self, key: str, token: str, *, lease: float) -> bool:
         """Extend the lease ``token`` holds; False when it was lost."""
-        return self.apply(RENEW, key, token=token, lease=lease).ok
+        return self.apply(Change(RENEW, key, token=token, lease=lease)).ok
 
     def complete(self, key: str, token: str, *, counter: str = "") -> bool:
         """Mark done while ``token`` holds the lease, ending ``counter``'s streak."""
-        return self.apply(COMPLETE, key, token=token, counter=counter).ok
+        return self.apply(Change(COMPLETE, key, token=token, counter=counter)).ok
 
     def fail(self, key: str, token: str, error: str) -> bool:
         """Settle a failed run; a provider retry or a rerun claims it again."""
-        return self.apply(FAIL, key, token=token, error=error).ok
+        return self.apply(Change(FAIL, key, token=token, error=error)).ok
 
     def retry(self, key: str, token: str, error: str, *, delay: float) -> bool:
         """Settle a failed run as pending again from ``delay`` seconds on."""
-        return self.apply(RETRY, key, token=token, error=error, delay=delay).ok
+        return self.apply(Change(RETRY, key, token=token, error=error, delay=delay)).ok
 
     def bury(self, key: str, token: str, error: str) -> bool:
         """Settle a failed run as dead: out of attempts, kept for replay."""
-        return self.apply(BURY, key, token=token, error=error).ok
+        return self.apply(Change(BURY, key, token=token, error=error)).ok
 
     def replay(self, key: str) -> bool:
         """Put a failed or dead record back to pending; return whether it was one."""
-        return self.apply(REPLAY, key).ok
+        return self.apply(Change(REPLAY, key)).ok
 
     # Async twins of the named operations -----------------------------------------
 
@@ -565,7 +548,7 @@ class Store(ABC):
 
     async def _aarrive(self, transition: Transition, entry: Entry, lease: float) -> Claim:
         for _ in range(3):
-            done = await self.aapply(transition, entry.key, entry=entry, lease=lease)
+            done = await self.aapply(Change(transition, entry.key, entry=entry, lease=lease))
             claim = _claim(transition, done)
             if claim is not None:
                 return claim
@@ -574,13 +557,13 @@ class Store(ABC):
     async def alease_due(self, *, lease: float, limit: int = 10) -> list[tuple[Record, Claim]]:
         leased = []
         for key in await self.adue(limit) if limit > 0 else ():
-            done = await self.aapply(LEASE, key, lease=lease)
+            done = await self.aapply(Change(LEASE, key, lease=lease))
             if done.ok and done.record is not None:
                 leased.append((done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)))
         return leased
 
     async def alease_one(self, key: str, *, lease: float) -> tuple[Record, Claim] | None:
-        done = await self.aapply(LEASE, key, lease=lease)
+        done = await self.aapply(Change(LEASE, key, lease=lease))
         if not done.ok or done.record is None:
             return None
         return done.record, Claim(ClaimStatus.CLAIMED, done.attempts, done.token)
@@ -589,19 +572,19 @@ class Store(ABC):
         return await asyncio.to_thread(self.stats, counters)
 
     async def arenew(self, key: str, token: str, *, lease: float) -> bool:
-        return (await self.aapply(RENEW, key, token=token, lease=lease)).ok
+        return (await self.aapply(Change(RENEW, key, token=token, lease=lease))).ok
 
     async def acomplete(self, key: str, token: str, *, counter: str = "") -> bool:
-        return (await self.aapply(COMPLETE, key, token=token, counter=counter)).ok
+        return (await self.aapply(Change(COMPLETE, key, token=token, counter=counter))).ok
 
     async def afail(self, key: str, token: str, error: str) -> bool:
-        return (await self.aapply(FAIL, key, token=token, error=error)).ok
+        return (await self.aapply(Change(FAIL, key, token=token, error=error))).ok
 
     async def aretry(self, key: str, token: str, error: str, *, delay: float) -> bool:
-        return (await self.aapply(RETRY, key, token=token, error=error, delay=delay)).ok
+        return (await self.aapply(Change(RETRY, key, token=token, error=error, delay=delay))).ok
 
     async def abury(self, key: str, token: str, error: str) -> bool:
-        return (await self.aapply(BURY, key, token=token, error=error)).ok
+        return (await self.aapply(Change(BURY, key, token=token, error=error))).ok
 
 
 def _claim(transition: Transition, done: Applied) -> Claim | None:

@@ -36,7 +36,19 @@ from .errors import (
 from .events import Event, GenerationFailed, GenerationSucceeded, parse_event
 from .handlers import Delivery, HandlerSpec, Registry
 from .handoff import Runners
-from .ledger import GATE, NUDGE, WATCH, Claim, ClaimStatus, Entry, Record, State, Store, open_url
+from .ledger import (
+    GATE,
+    NUDGE,
+    WATCH,
+    Change,
+    Claim,
+    ClaimStatus,
+    Entry,
+    Record,
+    State,
+    Store,
+    open_url,
+)
 from .observe import Answer, Observer, Observers, Receipt, Run
 from .protocol import (
     DEAD,
@@ -774,7 +786,7 @@ class Webhooks:
         namespace = f"{account}:" if account else ""
         key = generation_key(namespace, generation_id)
         entry = Entry(key, "", None, generation_id, b"")
-        return self.store.apply(WATCH, key, entry=entry, delay=self.reconcile.after).ok
+        return self.store.apply(Change(WATCH, key, entry=entry, delay=self.reconcile.after)).ok
 
     def reconcile_now(self, *, limit: int = 1000) -> dict[str, str]:
         """Poll every watched generation still pending now, not at its time; run the outcomes.
@@ -784,7 +796,7 @@ class Webhooks:
         """
         for record in self.store.records(State.PENDING, limit=limit):
             if is_generation_key(record.key):
-                self.store.apply(NUDGE, record.key)
+                self.store.apply(Change(NUDGE, record.key))
         return self.recover(limit=limit)
 
     def _take_gate(self, event: Event, key: str) -> tuple[str, tuple[str, str] | None]:
@@ -794,7 +806,7 @@ class Webhooks:
             return "run", None
         gate = generation_key(_namespace_of(key), generation_id)
         entry = Entry(gate, "", event.event, generation_id, b"")
-        taken = self.store.apply(GATE, gate, entry=entry, lease=self.lease)
+        taken = self.store.apply(Change(GATE, gate, entry=entry, lease=self.lease))
         if taken.ok:
             return "run", (gate, taken.token)
         return ("done" if taken.found is State.DONE else "busy"), None

@@ -31,7 +31,7 @@ from django.db.models import Expression, F, FloatField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from .._core.errors import ConfigurationError, StoreUnavailable, TransactionAborted
-from .._core.ledger import LEASE, Applied, Entry, Record, Source, State, Store, Transition
+from .._core.ledger import LEASE, Applied, Change, Entry, Record, Source, State, Store, Transition
 from ..stores.memory import new_token
 from .models import Counter, Delivery
 
@@ -193,18 +193,8 @@ class DjangoStore(Store):
 
     # Primitives ------------------------------------------------------------------
 
-    def apply(
-        self,
-        transition: Transition,
-        key: str,
-        *,
-        entry: Entry | None = None,
-        token: str = "",
-        lease: float = 0.0,
-        error: str | None = None,
-        delay: float = 0.0,
-        counter: str = "",
-    ) -> Applied:
+    def apply(self, change: Change) -> Applied:
+        transition, key, entry, token, lease, error, delay, counter = change
         now = self._now()
         fresh = new_token() if transition.lease else None
         sets = partial(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._core.ledger import LEASE, Applied, Entry, Record, Source, State, Transition
+from .._core.ledger import LEASE, Applied, Change, Record, Source, State, Transition
 from .memory import new_token
 
 __all__ = [
@@ -265,30 +265,21 @@ def apply_statement(d: Dialect, t: Transition, streak: bool = False) -> Apply:
     return Apply(sql, f"SELECT state FROM {tbl} WHERE key = {p('key')}", reset)
 
 
-def apply_params(
-    t: Transition,
-    key: str,
-    *,
-    entry: Entry | None,
-    token: str,
-    lease: float,
-    error: str | None,
-    delay: float,
-    counter: str,
-) -> dict[str, Any]:
+def apply_params(change: Change) -> dict[str, Any]:
     """Return the parameters of :func:`apply_statement` (add ``now`` where bound)."""
+    entry = change.entry
     return {
-        "key": key,
+        "key": change.key,
         "delivery_id": entry.delivery_id if entry else None,
         "event": entry.event if entry else None,
         "generation_id": entry.generation_id if entry else None,
         "body": entry.body if entry else None,
-        "token": token,
-        "new_token": new_token() if t.lease else None,
-        "lease": float(lease),
-        "error": error,
-        "delay": float(delay),
-        "counter": counter,
+        "token": change.token,
+        "new_token": new_token() if change.transition.lease else None,
+        "lease": float(change.lease),
+        "error": change.error,
+        "delay": float(change.delay),
+        "counter": change.counter,
     }
 
 

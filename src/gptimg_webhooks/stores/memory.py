@@ -19,6 +19,7 @@ from .._core.errors import ConfigurationError
 from .._core.ledger import (
     FINISHED,
     Applied,
+    Change,
     Claim,
     ClaimStatus,
     Entry,
@@ -26,7 +27,6 @@ from .._core.ledger import (
     State,
     Stats,
     Store,
-    Transition,
     admits,
 )
 
@@ -127,18 +127,8 @@ class MemoryStore(Store):
         # A bad value raises ValueError; open_store names the URL in its ConfigurationError.
         return cls(max_records=int(query.get("max_records", ["100000"])[0]))
 
-    def apply(
-        self,
-        transition: Transition,
-        key: str,
-        *,
-        entry: Entry | None = None,
-        token: str = "",
-        lease: float = 0.0,
-        error: str | None = None,
-        delay: float = 0.0,
-        counter: str = "",
-    ) -> Applied:
+    def apply(self, change: Change) -> Applied:
+        transition, key, entry, token, lease, error, delay, counter = change
         with self._lock:
             now = self.clock()
             row = self._rows.get(key)
@@ -296,28 +286,8 @@ class MemoryStore(Store):
             return False
 
     # No I/O here: answer in the caller's thread instead of hopping to another.
-    async def aapply(
-        self,
-        transition: Transition,
-        key: str,
-        *,
-        entry: Entry | None = None,
-        token: str = "",
-        lease: float = 0.0,
-        error: str | None = None,
-        delay: float = 0.0,
-        counter: str = "",
-    ) -> Applied:
-        return self.apply(
-            transition,
-            key,
-            entry=entry,
-            token=token,
-            lease=lease,
-            error=error,
-            delay=delay,
-            counter=counter,
-        )
+    async def aapply(self, change: Change) -> Applied:
+        return self.apply(change)
 
     async def aclaim(self, entry: Entry, *, lease: float) -> Claim:
         if not self._direct:  # a subclass's apply() and aapply() decide

@@ -62,13 +62,12 @@ from gptimg_webhooks._core.errors import (
 from gptimg_webhooks._core.ledger import (
     LEASE,
     Applied,
+    Change,
     Claim,
     ClaimStatus,
-    Entry,
     Record,
     State,
     Store,
-    Transition,
 )
 
 from . import _sql
@@ -353,44 +352,14 @@ class PostgresStore(Store):
 
     # Primitives ---------------------------------------------------------------------
 
-    def _apply_args(
-        self,
-        transition: Transition,
-        key: str,
-        entry: Entry | None,
-        token: str,
-        lease: float,
-        error: str | None,
-        delay: float,
-        counter: str,
-    ) -> tuple[_sql.Apply, dict[str, Any]]:
+    def _apply_args(self, change: Change) -> tuple[_sql.Apply, dict[str, Any]]:
         # The streak reset rides in the statement (a CTE): Apply.reset is always None here.
-        stmt = _sql.apply_statement(self._d, transition, bool(counter))
-        params = _sql.apply_params(
-            transition,
-            key,
-            entry=entry,
-            token=token,
-            lease=lease,
-            error=error,
-            delay=delay,
-            counter=counter,
-        )
-        return stmt, params
+        stmt = _sql.apply_statement(self._d, change.transition, bool(change.counter))
+        return stmt, _sql.apply_params(change)
 
-    def apply(
-        self,
-        transition: Transition,
-        key: str,
-        *,
-        entry: Entry | None = None,
-        token: str = "",
-        lease: float = 0.0,
-        error: str | None = None,
-        delay: float = 0.0,
-        counter: str = "",
-    ) -> Applied:
-        stmt, params = self._apply_args(transition, key, entry, token, lease, error, delay, counter)
+    def apply(self, change: Change) -> Applied:
+        transition = change.transition
+        stmt, params = self._apply_args(change)
         with self._conn(transition.name) as conn:
             row = conn.execute(stmt.sql, params).fetchone()
             found = None if row is not None else conn.execute(stmt.found, params).fetchone()
@@ -458,19 +427,9 @@ class PostgresStore(Store):
 
     # Async: native psycopg AsyncConnection calls ------------------------------------
 
-    async def aapply(
-        self,
-        transition: Transition,
-        key: str,
-        *,
-        entry: Entry | None = None,
-        token: str = "",
-        lease: float = 0.0,
-        error: str | None = None,
-        delay: float = 0.0,
-        counter: str = "",
-    ) -> Applied:
-        stmt, params = self._apply_args(transition, key, entry, token, lease, error, delay, counter)
+    async def aapply(self, change: Change) -> Applied:
+        transition = change.transition
+        stmt, params = self._apply_args(change)
         async with self._aconn(transition.name) as conn:
             row = await (await conn.execute(stmt.sql, params)).fetchone()
             found = None

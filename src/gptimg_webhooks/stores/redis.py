@@ -52,7 +52,7 @@ import redis.exceptions
 import redis.retry
 
 from gptimg_webhooks._core.errors import ConfigurationError, StoreUnavailable
-from gptimg_webhooks._core.ledger import Applied, Entry, Record, State, Stats, Store, Transition
+from gptimg_webhooks._core.ledger import Applied, Change, Record, State, Stats, Store, Transition
 
 from .memory import new_token
 
@@ -369,17 +369,8 @@ class RedisStore(Store):
 
     # Arguments and results, shared by the sync and async methods --------------------
 
-    def _apply_args(
-        self,
-        transition: Transition,
-        key: str,
-        entry: Entry | None,
-        token: str,
-        lease: float,
-        error: str | None,
-        delay: float,
-        counter: str,
-    ) -> list[Any]:
+    def _apply_args(self, change: Change) -> list[Any]:
+        transition, key, entry, token, lease, error, delay, counter = change
         args: list[Any] = [self.prefix, key, *_encode(transition)]
         args += [token, _num(lease), _opt(error), _num(delay), counter]
         args.append(new_token() if transition.lease else "")
@@ -416,19 +407,9 @@ class RedisStore(Store):
 
     # Sync ---------------------------------------------------------------------------
 
-    def apply(
-        self,
-        transition: Transition,
-        key: str,
-        *,
-        entry: Entry | None = None,
-        token: str = "",
-        lease: float = 0.0,
-        error: str | None = None,
-        delay: float = 0.0,
-        counter: str = "",
-    ) -> Applied:
-        args = self._apply_args(transition, key, entry, token, lease, error, delay, counter)
+    def apply(self, change: Change) -> Applied:
+        transition, key = change.transition, change.key
+        args = self._apply_args(change)
         with self._errors(transition.name):
             _, scripts = self._sync()
             result = scripts["apply"](keys=[self._rec(key)], args=args)
@@ -526,19 +507,9 @@ class RedisStore(Store):
 
     # Async: native asyncio calls, same scripts --------------------------------------
 
-    async def aapply(
-        self,
-        transition: Transition,
-        key: str,
-        *,
-        entry: Entry | None = None,
-        token: str = "",
-        lease: float = 0.0,
-        error: str | None = None,
-        delay: float = 0.0,
-        counter: str = "",
-    ) -> Applied:
-        args = self._apply_args(transition, key, entry, token, lease, error, delay, counter)
+    async def aapply(self, change: Change) -> Applied:
+        transition, key = change.transition, change.key
+        args = self._apply_args(change)
         with self._errors(transition.name):
             _, scripts = self._async()
             result = await scripts["apply"](keys=[self._rec(key)], args=args)

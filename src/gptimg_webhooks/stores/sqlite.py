@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .._core.errors import ConfigurationError, StoreUnavailable
-from .._core.ledger import Applied, Entry, Record, State, Store, Transition
+from .._core.ledger import Applied, Change, Record, State, Store
 from . import _sql
 
 __all__ = ["SQLiteStore", "enable_wal"]
@@ -150,29 +150,10 @@ class SQLiteStore(Store):
 
     # Primitives ---------------------------------------------------------------------
 
-    def apply(
-        self,
-        transition: Transition,
-        key: str,
-        *,
-        entry: Entry | None = None,
-        token: str = "",
-        lease: float = 0.0,
-        error: str | None = None,
-        delay: float = 0.0,
-        counter: str = "",
-    ) -> Applied:
-        stmt = _sql.apply_statement(_SQL, transition, bool(counter))
-        params = _sql.apply_params(
-            transition,
-            key,
-            entry=entry,
-            token=token,
-            lease=lease,
-            error=error,
-            delay=delay,
-            counter=counter,
-        )
+    def apply(self, change: Change) -> Applied:
+        transition = change.transition
+        stmt = _sql.apply_statement(_SQL, transition, bool(change.counter))
+        params = _sql.apply_params(change)
         with self._db(write=True) as conn:
             params["now"] = self.clock()  # read under the write lock: no stale "now"
             row = conn.execute(stmt.sql, params).fetchone()
