@@ -68,12 +68,14 @@ def serve(
     *,
     options: Mapping[str, Any] | None = None,
     workers: int = 2,
+    log_path: Path | None = None,
 ) -> Iterator[Server]:
-    """Serve one example on 127.0.0.1 until the block ends."""
+    """Serve one example on 127.0.0.1 until the block ends (its output to ``log_path``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env = example_env(data_dir, secrets, store, options)
     if adapter.startswith("django"):
         migrate(env)
     port = free_port()
-    with started(argv_for(adapter, port, workers), port=port, env=env) as server:
+    argv = argv_for(adapter, port, workers)
+    with started(argv, port=port, env=env, log_path=log_path) as server:
         yield server

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import random
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from gptimg_webhooks._core.ledger import State
 from gptimg_webhooks.stores import open_store
 from tests.hostile.examples import serve
 from tests.hostile.table import PATH, standard
+from tests.support.servers import Server
 from tests.support.services import POSTGRES_URL, REDIS_URL
 
 SECRET = "whsec_hostile_load_secret"
@@ -75,6 +80,33 @@ def store_url(kind: str, data_dir: Path) -> Iterator[str]:
         raise ValueError(f"unknown store {kind!r}")
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One answer that was not 2xx (``status`` 0: the connection dropped), as sent back."""
+
+    status: int
+    reason: str  # the library's ``error``/``status`` word, or the exception's type
+    body: str  # the answer's text (cut at 500 characters), or the exception's message
+    at: float  # seconds since the run started, when the answer came
+    latency: float  # seconds the request took
+    delivery: str
+    attempt: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def reason_of(response: httpx.Response) -> str:
+    """Return the word the library's JSON answer names (``error`` or ``status``), else '-'."""
+    try:
+        data = response.json()
+    except ValueError:
+        return "-"  # not the library's answer (a server's own error page, say)
+    if isinstance(data, dict):
+        return str(data.get("error") or data.get("status") or "-")
+    return "-"
+
+
 @dataclass
 class Figures:
     """What one run measured."""
@@ -89,6 +121,10 @@ class Figures:
     words: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    #: Every answer that was not 2xx, and every dropped connection, as it happened.
+    answers: list[Answer] = field(default_factory=list)
+    #: Where the servers' own output and the JSON lines of ``answers`` are kept, if anywhere.
+    log_dir: Path | None = None
     lost: int = 0
     twice: int = 0
     in_progress: int = 0
@@ -101,6 +137,22 @@ class Figures:
     @property
     def server_errors(self) -> int:
         return sum(n for status, n in self.statuses.items() if status >= 500)
+
+    def summary(self) -> list[str]:
+        """Return one line per (status, reason) of the non-2xx answers, with when they came."""
+        groups: dict[tuple[int, str], list[Answer]] = {}
+        for answer in self.answers:
+            groups.setdefault((answer.status, answer.reason), []).append(answer)
+        lines = []
+        for (status, reason), answers in sorted(groups.items()):
+            times = [a.at for a in answers]
+            slowest = max(a.latency for a in answers)
+            lines.append(
+                f"    {status or 'dropped'} {reason}: {len(answers)} answers "
+                f"between {min(times):.1f} s and {max(times):.1f} s, slowest {slowest:.2f} s; "
+                f"e.g. {answers[0].body[:200]!r}"
+            )
+        return lines
 
     def line(self) -> str:
         other = {s: n for s, n in sorted(self.statuses.items()) if s != 200}
@@ -127,6 +179,7 @@ class Figures:
             "5xx": self.server_errors,
             "in_progress": self.in_progress,
             "statuses": dict(self.statuses),
+            "non_2xx": Counter(f"{a.status} {a.reason}" for a in self.answers),
         }
 
 
@@ -161,6 +214,8 @@ async def blast(
     for item in requests:
         queue.put_nowait(item)
 
+    run_started = time.perf_counter()
+
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
 
         async def sender() -> None:
@@ -176,14 +231,39 @@ async def blast(
                     started = time.perf_counter()
                     try:
                         response = await client.post(url, content=body, headers=headers)
-                    except httpx.TransportError:
+                    except httpx.TransportError as exc:
+                        now = time.perf_counter()
                         figures.statuses[0] += 1
+                        figures.answers.append(
+                            Answer(
+                                0,
+                                type(exc).__name__,
+                                str(exc)[:500],
+                                now - run_started,
+                                now - started,
+                                delivery,
+                                attempt,
+                            )
+                        )
                         await asyncio.sleep(0.2)
                         continue
-                    figures.latencies.append(time.perf_counter() - started)
+                    now = time.perf_counter()
+                    figures.latencies.append(now - started)
                     figures.statuses[response.status_code] += 1
-                    word = response.json().get("status") or response.json().get("error")
-                    figures.words[str(word)] += 1
+                    reason = reason_of(response)
+                    figures.words[reason] += 1
+                    if not response.is_success:
+                        figures.answers.append(
+                            Answer(
+                                response.status_code,
+                                reason,
+                                response.text[:500],
+                                now - run_started,
+                                now - started,
+                                delivery,
+                                attempt,
+                            )
+                        )
                     if response.status_code not in (409, 503):
                         break
                     # Like the provider (sped up): a copy in progress or a ledger outage is
@@ -206,9 +286,58 @@ def check(base: str, store: str, requests: list[tuple[str, bytes, str]], figures
     figures.in_progress = len(ledger.records(State.PROCESSING, limit=1000))
 
 
-def run_load(server: str, store_kind: str, n: int, concurrency: int, workers: int = 4) -> Figures:
-    """Serve one example on one ledger, send ``n`` requests, and return the figures."""
-    figures = Figures(server, store_kind)
+@contextmanager
+def starving(server: Server, pause: float) -> Iterator[None]:
+    """Stop the server's workers for ``pause`` s in every ``2 * pause`` s, until the block ends.
+
+    What an overloaded machine does to a process, without burning CPU to do it: the
+    answers of Redis or PostgreSQL arrive while the worker cannot run, and are read late.
+    """
+    if pause <= 0:
+        yield
+        return
+    done = threading.Event()
+
+    def signal_workers(signum: int) -> None:
+        for pid in server.pids():
+            if pid != server.proc.pid:  # the workers; the leader only supervises
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+    def starve() -> None:
+        while not done.wait(pause):
+            signal_workers(signal.SIGSTOP)
+            try:
+                done.wait(pause)
+            finally:
+                signal_workers(signal.SIGCONT)
+
+    thread = threading.Thread(target=starve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def run_load(
+    server: str,
+    store_kind: str,
+    n: int,
+    concurrency: int,
+    workers: int = 4,
+    log_dir: Path | None = None,
+    starve: float = 0.0,
+) -> Figures:
+    """Serve one example on one ledger, send ``n`` requests, and return the figures.
+
+    With ``log_dir``, keep the server's output there (``<server>-<store>.log``) and every
+    non-2xx answer as JSON lines (``<server>-<store>-answers.jsonl``). With ``starve``,
+    stop the workers that long in every twice that long (:func:`starving`).
+    """
+    figures = Figures(server, store_kind, log_dir=log_dir)
+    log_path = log_dir / f"{server}-{store_kind}.log" if log_dir else None
     tag = uuid.uuid4().hex[:8]
     requests = plan(n, tag)
     ids = [gid for gid, _, _ in requests]
@@ -219,12 +348,17 @@ def run_load(server: str, store_kind: str, n: int, concurrency: int, workers: in
         data = Path(tmp)
         with (
             store_url(store_kind, data) as store,
-            serve(server, data, [SECRET], store, workers=workers) as running,
+            serve(server, data, [SECRET], store, workers=workers, log_path=log_path) as running,
         ):
             started = time.perf_counter()
-            asyncio.run(blast(running.base, requests, concurrency, figures))
+            with starving(running, starve):
+                asyncio.run(blast(running.base, requests, concurrency, figures))
             figures.seconds = time.perf_counter() - started
             check(running.base, store, requests, figures)
+    if log_dir is not None:
+        with open(log_dir / f"{server}-{store_kind}-answers.jsonl", "w") as out:
+            for answer in figures.answers:
+                out.write(json.dumps(answer.as_dict()) + "\n")
     dup_same_id = Counter(requests)
     figures.duplicates = sum(n - 1 for n in dup_same_id.values())
     figures.replays = n - figures.new - figures.duplicates
@@ -318,6 +452,18 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--stores", default="sqlite,redis,postgres")
     load.add_argument("--servers", default="starlette-uvicorn,flask-gunicorn")
     load.add_argument("--workers", type=int, default=4)
+    load.add_argument(
+        "--starve",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stop the server's workers SECONDS in every 2 x SECONDS (an overloaded machine)",
+    )
+    load.add_argument(
+        "--logs",
+        type=Path,
+        help="keep the servers' output and every non-2xx answer here (default: a new /tmp dir)",
+    )
     soaking = sub.add_parser("soak")
     soaking.add_argument("--minutes", type=float, default=10.0)
     soaking.add_argument("--rate", type=float, default=100.0, help="requests per second")
@@ -326,10 +472,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     failed = False
     if args.command == "load":
+        log_dir = args.logs or Path(tempfile.mkdtemp(prefix="gptimg-load-logs-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        print(f"server logs and non-2xx answers: {log_dir}", flush=True)
         for server in args.servers.split(","):
             for store in args.stores.split(","):
-                figures = run_load(server, store, args.deliveries, args.concurrency, args.workers)
+                before = os.getloadavg()
+                figures = run_load(
+                    server,
+                    store,
+                    args.deliveries,
+                    args.concurrency,
+                    args.workers,
+                    log_dir,
+                    args.starve,
+                )
+                after = os.getloadavg()
                 print(figures.line(), flush=True)
+                print(
+                    f"    load average (1, 5, 15 min) before {before[0]:.1f} {before[1]:.1f} "
+                    f"{before[2]:.1f}, after {after[0]:.1f} {after[1]:.1f} {after[2]:.1f}",
+                    flush=True,
+                )
+                for text in figures.summary():
+                    print(text, flush=True)
                 failed |= bool(figures.lost or figures.twice or figures.server_errors)
                 failed |= bool(figures.in_progress or figures.gave_up)
     else:
@@ -339,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             print(result.line(warm_after), flush=True)
             assert result.load is not None
             print("   ", result.load.line(), flush=True)
+            for text in result.load.summary():
+                print(text, flush=True)
     return 1 if failed else 0
 
 

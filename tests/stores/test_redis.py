@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from gptimg_webhooks import ConfigurationError
+from gptimg_webhooks import ConfigurationError, StoreUnavailable
 from gptimg_webhooks._core.ledger import ClaimStatus, State, Store
 from gptimg_webhooks.stores import open_store
 from gptimg_webhooks.stores.redis import RedisStore
@@ -22,6 +23,7 @@ from tests.stores.conformance import (
 )
 from tests.stores.conftest import with_query
 from tests.stores.outage import async_outcomes, outage_and_recovery, sync_outcomes
+from tests.stores.proxy import Proxy
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.redis
@@ -248,6 +250,56 @@ def test_unreachable_redis_raises_store_unavailable_fast_async(dead_redis: Store
         outcomes, "StoreUnavailable"
     )
     assert max(seconds for _, seconds in outcomes.values()) < 2.0
+
+
+@pytest.fixture
+def slow_redis(redis_url: str, redis_prefix: str) -> Iterator[tuple[Proxy, Store]]:
+    """A store behind a proxy that holds Redis's answers, with a 0.3 s timeout."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0])
+    proxy = Proxy(port)
+    proxy.start()
+    url = f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=0.3&socket_connect_timeout=0.3"
+    store = open_store(with_query(url, prefix=redis_prefix))
+    yield proxy, store
+    store.close()
+    proxy.cut()
+
+
+def test_an_answer_a_busy_event_loop_reads_late_is_not_an_outage(
+    slow_redis: tuple[Proxy, Store], client: redis.Redis, redis_prefix: str
+) -> None:
+    # Redis answers within 0.1 s, but the event loop is busy with other requests' work
+    # from 0.05 s to 0.65 s, past the 0.3 s timeout: the answer is in, only unread.
+    proxy, store = slow_redis
+
+    async def bump_while_the_loop_is_busy() -> bool:
+        await store.abump("warm", 10)  # connected before the proxy slows down
+        proxy.reply_delay = 0.1
+        asyncio.get_running_loop().call_later(0.05, time.sleep, 0.6)
+        return await store.abump("busy", 10)
+
+    assert asyncio.run(bump_while_the_loop_is_busy()) is False
+    assert client.get(f"{redis_prefix}c:busy") == b"1"
+
+
+def test_a_redis_that_does_not_answer_is_unavailable_after_the_timeout_async(
+    slow_redis: tuple[Proxy, Store],
+) -> None:
+    proxy, store = slow_redis
+
+    async def bump_a_jammed_redis() -> float:
+        await store.abump("warm", 10)
+        proxy.reply_delay = 10.0  # jammed: the answer comes long after any timeout
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="TimeoutError"):
+            await store.abump("jammed", 10)
+        return time.monotonic() - started
+
+    waited = asyncio.run(bump_a_jammed_redis())
+    # The 0.3 s timeout on an idle loop; never past its stall limit (4 x 0.3 s).
+    assert 0.3 <= waited < 1.2 + 0.5
+    proxy.reply_delay = 0.0
+    assert asyncio.run(store.abump("after", 10)) is False  # a new connection works
 
 
 def test_redis_store_fails_fast_in_an_outage_and_recovers_by_itself(

@@ -5,15 +5,20 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 from tests.support.servers import free_port
 
 
 class Proxy:
-    """Forward ``127.0.0.1:port`` to ``target``; :meth:`cut` drops every connection."""
+    """Forward ``127.0.0.1:port`` to ``target``; :meth:`cut` drops every connection.
 
-    def __init__(self, target_port: int) -> None:
+    ``reply_delay`` holds each chunk of the server's answers that long: a slow server.
+    """
+
+    def __init__(self, target_port: int, reply_delay: float = 0.0) -> None:
         self.target_port = target_port
+        self.reply_delay = reply_delay
         self.port = free_port()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
@@ -68,13 +73,14 @@ class Proxy:
             upstream.settimeout(None)
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, answers in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, answers), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
         try:
             while data := src.recv(65536):
+                if answers and self.reply_delay:  # read each time: a test may change it
+                    time.sleep(self.reply_delay)
                 dst.sendall(data)
         except OSError:
             pass

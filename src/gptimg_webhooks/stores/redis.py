@@ -3,7 +3,11 @@
 URL: ``redis://[user:password@]host:6379/0?prefix=gptimg:`` or ``rediss://`` for TLS.
 Query options: ``prefix`` (key prefix, default ``gptimg:``), and redis-py's own
 ``socket_timeout`` / ``socket_connect_timeout`` (both default to 1 s here, so a dead
-server becomes a 503 well inside the provider's 5 s) and ``max_connections``.
+server becomes a 503 well inside the provider's 5 s) and ``max_connections``. Under
+asyncio the larger of the two bounds each call, connecting included, and counts only
+while the event loop is free to read the answer: a loop busy with other requests past
+the deadline looks again before giving up (for at most ``4 x`` the timeout), since an
+answer that is in but not yet read is not an outage.
 
 Every state change is one run of one generic Lua script, ``apply``, which interprets the
 :class:`~gptimg_webhooks._core.ledger.Transition` it is given (sources, target, flags)
@@ -38,9 +42,9 @@ import functools
 import os
 import re
 import weakref
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Awaitable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -58,10 +62,17 @@ from .memory import new_token
 
 __all__ = ["RedisStore"]
 
+T = TypeVar("T")
+
 DEFAULT_PREFIX = "gptimg:"
 #: Seconds to connect and to wait for an answer: a dead or jammed server must turn
 #: into a 503 well inside the provider's 5 s timeout.
 DEFAULT_TIMEOUT = 1.0
+#: Under asyncio, a call whose deadline passed while the loop was busy elsewhere waits on,
+#: up to this many times its timeout (then the store counts as unavailable after all).
+_STALL_LIMIT = 4.0
+#: A deadline seen this much late means the loop was busy: the answer may be in, unread.
+_LATE = 0.05
 _PRUNE_BATCH = 500
 #: Prune batches per call: a bound on the loop, far above any real backlog's need.
 _PRUNE_ROUNDS = 100_000
@@ -266,6 +277,35 @@ def _unavailable(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"Redis ledger {what}: {type(exc).__name__}: {exc}") from exc
 
 
+async def _bounded(call: Awaitable[T], timeout: float | None) -> T:
+    """Await ``call`` for ``timeout`` seconds of a responsive loop; raise TimeoutError after.
+
+    redis-py's own asyncio timeouts count wall time: on a loop busy with other requests
+    past the deadline, they fire although Redis answered long before (the answer sits
+    unread), and a healthy ledger answers 503. Here a deadline seen late only means the
+    loop was busy: look again shortly, until a punctual look finds no answer or
+    ``_STALL_LIMIT`` times the timeout has passed.
+    """
+    if timeout is None:
+        return await call
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(call)
+    try:
+        deadline = loop.time() + timeout
+        give_up = deadline + timeout * (_STALL_LIMIT - 1)
+        while True:
+            await asyncio.wait((task,), timeout=max(0.0, deadline - loop.time()))
+            if task.done():
+                return task.result()
+            now = loop.time()
+            if now - deadline < _LATE or now >= give_up:
+                raise asyncio.TimeoutError(f"no answer from Redis within {timeout} s")
+            deadline = now + _LATE  # the loop was busy: let it read what has arrived
+    finally:
+        # Cancelled mid-command, redis-py drops that connection: no answer is misread later.
+        task.cancel()
+
+
 _DB_PATH = re.compile(r"/?(\d+)?/?")
 
 
@@ -310,6 +350,7 @@ class RedisStore(Store):
         self._aclients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, dict[str, Any]]
         ] = weakref.WeakKeyDictionary()
+        self._atimeout: float | None = DEFAULT_TIMEOUT  # set from the URL by _async
         # Clients of a parent process: never closed here (their sockets are the parent's).
         self._orphans: list[Any] = []
 
@@ -349,9 +390,19 @@ class RedisStore(Store):
                 redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)
             )
             client = redis.asyncio.Redis.from_url(self._url, retry=retry, **self._options)
+            # The URL may have set the timeouts; _bounded applies them instead of redis-py,
+            # whose asyncio timeouts count time the loop spent on other requests.
+            kwargs = client.connection_pool.connection_kwargs
+            bounds = [kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout")]
+            set_bounds = [b for b in bounds if b]
+            self._atimeout = max(set_bounds) if set_bounds else None
+            kwargs["socket_timeout"] = kwargs["socket_connect_timeout"] = None
             scripts = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
             found = self._aclients[loop] = (client, scripts)
         return found
+
+    async def _acall(self, call: Awaitable[T]) -> T:
+        return await _bounded(call, self._atimeout)
 
     def _after_fork(self) -> None:
         if self._pid == os.getpid():
@@ -492,7 +543,7 @@ class RedisStore(Store):
             client, _ = self._async()
             pipe = client.pipeline(transaction=False)
             self._stats_calls(pipe, names)
-            found = await pipe.execute()
+            found = await self._acall(pipe.execute())
         return self._stats(found, names)
 
     def bump(self, counter: str, limit: int, by: int = 1) -> bool:
@@ -512,7 +563,7 @@ class RedisStore(Store):
         args = self._apply_args(change)
         with self._errors(transition.name):
             _, scripts = self._async()
-            result = await scripts["apply"](keys=[self._rec(key)], args=args)
+            result = await self._acall(scripts["apply"](keys=[self._rec(key)], args=args))
         return self._applied(transition, key, result)
 
     async def adue(self, limit: int) -> Sequence[str]:
@@ -520,7 +571,7 @@ class RedisStore(Store):
             return []
         with self._errors("due"):
             _, scripts = self._async()
-            result = await scripts["due"](args=[self.prefix, limit])
+            result = await self._acall(scripts["due"](args=[self.prefix, limit]))
         return self._due(result, limit)
 
     async def aprune(self, older_than: float, states: Collection[State] = (State.DONE,)) -> int:
@@ -528,7 +579,8 @@ class RedisStore(Store):
         with self._errors("prune"):
             _, scripts = self._async()
             for _ in range(_PRUNE_ROUNDS):
-                n, raw = await scripts["prune"](args=self._prune_args(older_than, cutoff, states))
+                args = self._prune_args(older_than, cutoff, states)
+                n, raw = await self._acall(scripts["prune"](args=args))
                 total, cutoff = total + int(n), raw.decode()
                 if int(n) < _PRUNE_BATCH:
                     break
@@ -537,7 +589,8 @@ class RedisStore(Store):
     async def abump(self, counter: str, limit: int, by: int = 1) -> bool:
         with self._errors("bump"):
             _, scripts = self._async()
-            return bool(await scripts["bump"](keys=[f"{self.prefix}c:{counter}"], args=[limit, by]))
+            key = f"{self.prefix}c:{counter}"
+            return bool(await self._acall(scripts["bump"](keys=[key], args=[limit, by])))
 
     async def aclose(self) -> None:
         """Close this event loop's client, then the sync one."""
