@@ -23,7 +23,7 @@ from tests.stores.conformance import (
 )
 from tests.stores.conftest import with_query
 from tests.stores.outage import async_outcomes, outage_and_recovery, sync_outcomes
-from tests.stores.proxy import Proxy
+from tests.support.proxy import Proxy
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.redis
