@@ -105,7 +105,7 @@ class Stack:
         self.ledger: Store
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self.exits.callback(self._cleanup)
+        self.exits.callback(self._forget_keys)
 
     # Start-up ---------------------------------------------------------------------
 
@@ -132,6 +132,7 @@ class Stack:
         if "GPTIMG_TEST_LEDGER" not in self.env:
             url += f"?prefix={self.prefix}"
         self.ledger = open_store(url)
+        self.exits.callback(self.ledger.close)
         port = free_port()
         self.base = self.exits.enter_context(
             running(
@@ -140,6 +141,9 @@ class Stack:
                 env=self.environ(GPTIMG_TEST_ROLE="server"),
             )
         )
+        # Stopped first at the end (callbacks run last in, first out): before the server,
+        # the ledger and the database they use.
+        self.exits.callback(self._stop)
         for name in self.argvs():
             self._spawn(name)
         threading.Thread(target=self._supervise, name=f"supervise-{self.engine}").start()
@@ -240,7 +244,7 @@ class Stack:
                         self.restarts += 1
                         self._spawn(name)
 
-    def _cleanup(self) -> None:
+    def _stop(self) -> None:
         self._stopping.set()
         with self._lock:
             for proc in self.procs.values():
@@ -248,8 +252,8 @@ class Stack:
                 with suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if hasattr(self, "ledger"):
-            self.ledger.close()
+
+    def _forget_keys(self) -> None:
         names = list(self.redis.scan_iter(match=f"{self.prefix}*", count=1000))
         for start in range(0, len(names), 500):
             self.redis.delete(*names[start : start + 500])

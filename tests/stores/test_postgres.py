@@ -370,6 +370,32 @@ def test_create_schema_adds_the_new_column_to_an_older_ledger(
         store.close()
 
 
+def test_an_upgrade_behind_a_long_transaction_gives_up_soon_and_is_tried_again(
+    postgres_url: str, postgres_table: str
+) -> None:
+    url = with_query(postgres_url, table=postgres_table)
+    old = open_store(url)
+    old.get("create the schema")
+    old.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {postgres_table} DROP COLUMN traceparent")
+    # A reader's open transaction holds a lock ALTER TABLE must wait for.
+    holder = psycopg.connect(postgres_url)
+    holder.execute(f"SELECT count(*) FROM {postgres_table}")
+    store = open_store(url)
+    try:
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="lock timeout"):
+            store.get("k")
+        assert time.monotonic() - began < 10
+        holder.rollback()
+        assert store.get("k") is None  # the next use adds the column
+        assert _columns(postgres_url, postgres_table).count("traceparent") == 1
+    finally:
+        holder.close()
+        store.close()
+
+
 def test_schema_qualified_table(postgres_url: str, postgres_table: str) -> None:
     schema = f"{postgres_table}_s"
     store = open_store(with_query(postgres_url, table=f"{schema}.ledger"))

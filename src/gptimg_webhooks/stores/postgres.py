@@ -84,6 +84,9 @@ _NAME = re.compile(r"(?:[a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,50}")
 _OWN_OPTIONS = ("table", "pool_max", "pool_timeout", "create_schema")
 #: Prune gives up after this many batches per call; the next call goes on.
 _MAX_BATCHES = 10_000
+#: ALTER TABLE waits for every open transaction on the table, and every query queues
+#: behind it: give up soon (a 503 the provider retries) and try again on the next use.
+_UPGRADE_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '2s'"
 
 
 def _flag(value: str) -> bool:
@@ -288,7 +291,10 @@ class PostgresStore(Store):
                 conn.execute(statement)
             # Read under the lock: a process that got it first may have added them.
             present = [name for (name,) in conn.execute(_sql.columns_statement(self._d))]
-            for statement in _sql.upgrade(self._d, present):
+            upgrade = _sql.upgrade(self._d, present)
+            if upgrade:
+                conn.execute(_UPGRADE_LOCK_TIMEOUT)
+            for statement in upgrade:
                 conn.execute(statement)
         self._ready = True
 
@@ -299,7 +305,10 @@ class PostgresStore(Store):
                 await conn.execute(statement)
             cur = await conn.execute(_sql.columns_statement(self._d))
             present = [name for (name,) in await cur.fetchall()]
-            for statement in _sql.upgrade(self._d, present):
+            upgrade = _sql.upgrade(self._d, present)
+            if upgrade:
+                await conn.execute(_UPGRADE_LOCK_TIMEOUT)
+            for statement in upgrade:
                 await conn.execute(statement)
         self._ready = True
 
