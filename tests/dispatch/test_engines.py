@@ -11,9 +11,10 @@ off, so nothing else can), and for Django's task framework, whose worker has no
 scheduler, the receiver's keeper plus ``manage.py gptimg_webhooks_sweep`` run as cron
 would run it.
 
-The three engines, and every scenario on each, run at the same time: the module starts
-them all, then each test waits for its own scenario. The wall time is the slowest
-engine's, not the sum (most of it is waiting: leases, backoff, polling).
+The engines of the selected tests, and every scenario on each, run at the same time: the
+module starts them all, then each test waits for its own scenario. Their waits (leases,
+backoff, polling, start-up) overlap, so the whole takes about as long as the slowest
+engine, not the sum; what remains is mostly CPU, shared by all.
 """
 
 from __future__ import annotations
@@ -408,14 +409,22 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs() -> Iterator[Runs]:
-    """Start every engine, run every scenario on each at once."""
-    for module in ("celery", "procrastinate", "django_tasks_db"):
-        _module(module)
+def runs(request: pytest.FixtureRequest) -> Iterator[Runs]:
+    """Start the selected tests' engines, run every scenario on each at once."""
+    selected = {
+        item.callspec.params["engine"]
+        for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec")
+    }
+    engines = [engine for engine in NAMES if engine in selected]
+    modules = {"celery": "celery", "procrastinate": "procrastinate"}
+    for engine in engines:
+        _module(modules.get(engine, "django_tasks_db"))
     redis_url = ensure_redis()
-    ensure_postgres()
-    found = Runs({engine: Stack(engine, redis_url) for engine in NAMES})
-    with ExitStack() as exits, ThreadPoolExecutor(len(NAMES) * (1 + len(SCENARIOS))) as pool:
+    if "procrastinate" in engines:
+        ensure_postgres()
+    found = Runs({engine: Stack(engine, redis_url) for engine in engines})
+    with ExitStack() as exits, ThreadPoolExecutor(len(engines) * (1 + len(SCENARIOS))) as pool:
         for stack in found.stacks.values():
             exits.push(stack.exits)
         started = {engine: pool.submit(stack.start) for engine, stack in found.stacks.items()}
@@ -424,7 +433,7 @@ def runs() -> Iterator[Runs]:
             started[engine].result()
             return run(found.stacks[engine])
 
-        for engine in NAMES:
+        for engine in engines:
             for name, run in SCENARIOS.items():
                 found.futures[engine, name] = pool.submit(scenario, engine, run)
         yield found
