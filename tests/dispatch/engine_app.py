@@ -4,8 +4,12 @@ Configured by the environment the tests set: ``GPTIMG_ENGINE`` (celery, django_t
 procrastinate), ``GPTIMG_WEBHOOK_SECRET``, ``GPTIMG_TEST_REDIS`` (ledger, effects and
 Celery's broker), ``GPTIMG_TEST_PREFIX`` (keys of this run), ``GPTIMG_TEST_PG_DSN``
 (procrastinate's database), ``GPTIMG_TEST_LEDGER`` (the ledger, default Redis; for
-procrastinate, the PostgreSQL ledger in its database). Handlers push the generation id
-to a Redis list, so an effect that ran twice shows up twice. ``kill*`` generations
+procrastinate, the PostgreSQL ledger in its database), ``GPTIMG_TEST_SWEEPER`` (who
+re-dispatches lost pointers: ``keeper``, the receiver's own thread in each process, or
+the engine's scheduler: ``beat`` for Celery, ``periodic`` for procrastinate),
+``GPTIMG_TEST_GRACE`` (seconds a pending record waits before a sweep re-dispatches it).
+Handlers push the generation id to a Redis list, so an effect that ran twice shows up
+twice. ``kill*`` generations
 SIGKILL their task process on the first attempt; ``fail*`` generations raise until the
 ``heal`` key exists.
 """
@@ -31,6 +35,7 @@ ENGINE = os.environ["GPTIMG_ENGINE"]
 REDIS = os.environ["GPTIMG_TEST_REDIS"]
 PREFIX = os.environ["GPTIMG_TEST_PREFIX"]
 TARGET = "tests.dispatch.engine_app:hooks"
+SWEEPER = os.environ.get("GPTIMG_TEST_SWEEPER", "keeper")
 effects = redis.Redis.from_url(REDIS)
 
 dispatcher: Dispatcher
@@ -38,7 +43,7 @@ engine_app: Any = None
 if ENGINE == "celery":
     from celery import Celery
 
-    from gptimg_webhooks.dispatch.celery import CeleryDispatcher
+    from gptimg_webhooks.dispatch.celery import SWEEP_TASK, CeleryDispatcher
 
     engine_app = Celery("gptimg_engine_test", broker=REDIS)
     engine_app.conf.update(
@@ -48,6 +53,8 @@ if ENGINE == "celery":
         worker_hijack_root_logger=False,
     )
     dispatcher = CeleryDispatcher(engine_app, TARGET)
+    if SWEEPER == "beat":  # `celery beat` sends the sweep task every second
+        engine_app.conf.beat_schedule = {"gptimg-sweep": {"task": SWEEP_TASK, "schedule": 1.0}}
 elif ENGINE == "procrastinate":
     import procrastinate
 
@@ -57,6 +64,8 @@ elif ENGINE == "procrastinate":
         connector=procrastinate.PsycopgConnector(conninfo=os.environ["GPTIMG_TEST_PG_DSN"])
     )
     dispatcher = ProcrastinateDispatcher(engine_app, TARGET)
+    if SWEEPER == "periodic":  # the worker defers the sweep every second (a 6th cron field)
+        dispatcher.periodic_sweep(cron="* * * * * *")
     if os.environ.get("GPTIMG_TEST_ROLE") == "server":
         engine_app.open()  # the receiver defers from threads: a sync pool
 elif ENGINE == "django_tasks":
@@ -74,11 +83,12 @@ hooks = Webhooks(
     mode="deferred",
     dispatcher=dispatcher,
     lease=3.0,
+    sweep=SWEEPER == "keeper",
     sweep_interval=1.0,
     backoff=Backoff(max_attempts=3, initial=0.3, factor=1.0),
     include_shared=False,
 )
-hooks.redispatch_grace = 5.0
+hooks.redispatch_grace = float(os.environ.get("GPTIMG_TEST_GRACE", "5"))
 
 
 @hooks.on("generation.succeeded")

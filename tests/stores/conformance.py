@@ -31,10 +31,12 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Protocol
 
 import pytest
@@ -47,6 +49,11 @@ LEASE = 60.0
 SHORT = 0.4
 
 Reopen = Callable[[], Store]
+
+
+def traceparent() -> str:
+    """A fresh W3C trace context, as a receiving span stamps it on its entry."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
 def entry(n: int | str = 1, *, body: bytes | None = None) -> Entry:
@@ -423,6 +430,35 @@ class StoreConformance:
         assert store.claim(entry(0), lease=LEASE).status is ClaimStatus.IN_PROGRESS
         rec, claim = leased[0]
         assert store.complete(rec.key, claim.token)
+
+    def test_the_first_arrivals_traceparent_is_kept_and_reaches_every_runner(
+        self, store: Store
+    ) -> None:
+        # A deferred run's span links to the receiving span through this field.
+        stamped = [replace(entry(n), traceparent=traceparent()) for n in range(4)]
+        for e in stamped:
+            store.enqueue(e)
+            store.enqueue(replace(e, traceparent=traceparent()))  # a duplicate's
+        assert [store.get(e.key).traceparent for e in stamped] == [  # type: ignore[union-attr]
+            e.traceparent for e in stamped
+        ]
+        one = store.lease_one(stamped[0].key, lease=LEASE)
+        assert one is not None and one[0].traceparent == stamped[0].traceparent
+        other = run_async(store, lambda: store.alease_one(stamped[1].key, lease=LEASE))
+        assert other is not None and other[0].traceparent == stamped[1].traceparent
+        due = {r.key: r.traceparent for r, _ in store.lease_due(lease=LEASE, limit=10)}
+        assert due == {e.key: e.traceparent for e in stamped[2:]}
+        # A failed record queued again by a later copy keeps the first span's context.
+        store.fail(stamped[0].key, one[1].token, "err")
+        store.enqueue(replace(stamped[0], traceparent=traceparent()))
+        again = store.lease_one(stamped[0].key, lease=LEASE)
+        assert again is not None and again[0].traceparent == stamped[0].traceparent
+        # Inline claims keep it too; an entry without one reads back as None.
+        inline = replace(entry(9), traceparent=traceparent())
+        store.claim(inline, lease=LEASE)
+        assert store.get(inline.key).traceparent == inline.traceparent  # type: ignore[union-attr]
+        store.claim(entry(10), lease=LEASE)
+        assert store.get(entry(10).key).traceparent is None  # type: ignore[union-attr]
 
     def test_lease_due_respects_the_limit(self, store: Store) -> None:
         for n in range(5):

@@ -4,6 +4,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -23,6 +24,8 @@ from tests.stores.conformance import (
     StoreConformance,
     TransactionalConformance,
     entry,
+    race_claims,
+    traceparent,
 )
 from tests.stores.conftest import with_query
 from tests.stores.outage import async_outcomes, outage_and_recovery, sync_outcomes
@@ -309,6 +312,88 @@ def test_many_first_users_create_the_schema_once_without_errors(
     for t in threads:
         t.join(timeout=60)
     assert errors == []
+
+
+def _columns(url: str, table: str) -> list[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+            "ORDER BY ordinal_position",
+            (table,),
+        )
+        return [r[0] for r in rows]
+
+
+@pytest.mark.slow
+def test_processes_starting_on_an_older_ledger_add_its_new_column_once(
+    postgres_url: str, postgres_table: str
+) -> None:
+    url = with_query(postgres_url, table=postgres_table)
+    old = open_store(url)
+    claim = old.claim(entry("old"), lease=LEASE)
+    old.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # as earlier releases left it
+        conn.execute(f"ALTER TABLE {postgres_table} DROP COLUMN traceparent")
+    assert "traceparent" not in _columns(postgres_url, postgres_table)
+    # Each process adds missing columns on first use: they race for it.
+    outcomes = race_claims(lambda: open_store(url), keys=3, processes=True)
+    for key, statuses in outcomes.items():
+        assert statuses.count(ClaimStatus.CLAIMED) == 1, (key, statuses)
+    assert _columns(postgres_url, postgres_table).count("traceparent") == 1
+    store = open_store(url)
+    try:
+        assert store.get("old").traceparent is None  # type: ignore[union-attr]
+        assert store.complete("old", claim.token)
+        stamped = replace(entry(1), traceparent=traceparent())
+        store.enqueue(stamped)
+        assert store.get(stamped.key).traceparent == stamped.traceparent  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_create_schema_adds_the_new_column_to_an_older_ledger(
+    postgres_url: str, postgres_table: str
+) -> None:
+    url = with_query(postgres_url, table=postgres_table, create_schema="false")
+    store = open_store(url)
+    assert isinstance(store, PostgresStore)
+    try:
+        store.create_schema()
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE {postgres_table} DROP COLUMN traceparent")
+        with pytest.raises(StoreUnavailable, match="traceparent"):
+            store.get("k")  # what a receiver with create_schema=false meets before it
+        store.create_schema()
+        assert store.get("k") is None
+        assert _columns(postgres_url, postgres_table).count("traceparent") == 1
+    finally:
+        store.close()
+
+
+def test_an_upgrade_behind_a_long_transaction_gives_up_soon_and_is_tried_again(
+    postgres_url: str, postgres_table: str
+) -> None:
+    url = with_query(postgres_url, table=postgres_table)
+    old = open_store(url)
+    old.get("create the schema")
+    old.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {postgres_table} DROP COLUMN traceparent")
+    # A reader's open transaction holds a lock ALTER TABLE must wait for.
+    holder = psycopg.connect(postgres_url)
+    holder.execute(f"SELECT count(*) FROM {postgres_table}")
+    store = open_store(url)
+    try:
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="lock timeout"):
+            store.get("k")
+        assert time.monotonic() - began < 10
+        holder.rollback()
+        assert store.get("k") is None  # the next use adds the column
+        assert _columns(postgres_url, postgres_table).count("traceparent") == 1
+    finally:
+        holder.close()
+        store.close()
 
 
 def test_schema_qualified_table(postgres_url: str, postgres_table: str) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from tests.stores.conformance import (
     Reopen,
     StoreConformance,
     entry,
+    race_claims,
+    traceparent,
 )
 
 
@@ -80,9 +83,9 @@ def test_create_false_creates_no_tables_in_a_foreign_file(tmp_path: Path) -> Non
         assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
-def test_a_ledger_from_the_previous_release_keeps_working(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
-    with sqlite3.connect(path) as conn:  # the layout earlier releases created
+def _old_ledger(path: Path) -> None:
+    """Write the layout earlier releases created, with one failed record."""
+    with sqlite3.connect(path) as conn:
         conn.executescript(
             """
             CREATE TABLE gptimg_webhook_deliveries (
@@ -96,13 +99,47 @@ def test_a_ledger_from_the_previous_release_keeps_working(tmp_path: Path) -> Non
             """
         )
     conn.close()
+
+
+def _columns(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM pragma_table_info('gptimg_webhook_deliveries')")
+        found = [name for (name,) in rows]
+    conn.close()
+    return found
+
+
+def test_a_ledger_from_the_previous_release_keeps_working(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    _old_ledger(path)
+    assert "traceparent" not in _columns(path)
     store = open_store(f"sqlite:///{path}")
     try:
+        assert store.get("old").traceparent is None  # type: ignore[union-attr]
         claim = store.claim(entry("old"), lease=LEASE)
         assert (claim.status, claim.attempt) == (ClaimStatus.CLAIMED, 2)
         assert store.complete("old", claim.token)
+        stamped = replace(entry(1), traceparent=traceparent())
+        store.enqueue(stamped)
+        assert store.get(stamped.key).traceparent == stamped.traceparent  # type: ignore[union-attr]
     finally:
         store.close()
+    assert _columns(path)[-1] == "traceparent"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("create", [True, False])
+def test_processes_opening_an_older_ledger_together_add_its_new_column_once(
+    tmp_path: Path, create: bool
+) -> None:
+    # Each process checks for the column on its first connection: they race to add it.
+    path = tmp_path / "old.sqlite3"
+    _old_ledger(path)
+    url = f"sqlite:///{path}"
+    outcomes = race_claims(lambda: open_store(url, create=create), keys=3, processes=True)
+    for key, statuses in outcomes.items():
+        assert statuses.count(ClaimStatus.CLAIMED) == 1, (key, statuses)
+    assert _columns(path).count("traceparent") == 1
 
 
 def test_prune_deletes_in_batches_of_short_writes(tmp_path: Path) -> None:

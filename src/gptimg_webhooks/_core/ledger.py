@@ -250,7 +250,7 @@ class Record:
     #: The column order :meth:`from_row` reads, for SQL stores.
     COLUMNS: ClassVar[str] = (
         "key, state, delivery_id, event, generation_id, attempts, body, error, "
-        "created_at, updated_at, lease_until, available_at"
+        "created_at, updated_at, lease_until, available_at, traceparent"
     )
 
     @classmethod

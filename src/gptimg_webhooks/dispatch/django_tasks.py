@@ -13,9 +13,11 @@ backend). One adapter covers every backend (database, RQ, Celery)::
     # python manage.py db_worker          (the database backend's worker)
 
 The task's arguments are the receiver's import path and the ledger key: JSON, never the
-body. The tasks are declared on first use, so settings.py may build the dispatcher. For
-the sweep, enqueue :data:`sweep_task` periodically (cron), or let the receiver's
-keeper run it.
+body. The tasks are declared on first use, so settings.py may build the dispatcher.
+
+The framework has no scheduler: the sweep runs in the keeper of every process serving the
+receiver, and from cron as ``python manage.py gptimg_webhooks_sweep`` (or enqueue
+:data:`sweep_task` from a backend's own scheduler).
 """
 
 from __future__ import annotations

@@ -65,10 +65,15 @@ class ProcrastinateDispatcher(PointerDispatcher):
         return self._hooks
 
     def periodic_sweep(self, cron: str = "* * * * *") -> Any:
-        """Register the sweep as a periodic task (the worker runs it on ``cron``)."""
+        """Register the sweep as a periodic task (the worker runs it on ``cron``).
 
-        def run(timestamp: int) -> int:
-            return len(sweep(self.hooks))
+        Five fields as cron's; a sixth is seconds (``"* * * * * */10"``: every ten).
+        """
+
+        async def run(timestamp: int) -> int:
+            # Async, so the pointers it sends go through this worker's open app and loop.
+            self._loop = asyncio.get_running_loop()
+            return len(await asyncio.to_thread(sweep, self.hooks))
 
         registered = self.app.task(name=SWEEP_TASK, queue=self.queue)(run)
         return self.app.periodic(cron=cron)(registered)

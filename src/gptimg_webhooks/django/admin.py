@@ -53,6 +53,7 @@ class DeliveryAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "updated",
         "lease_until",
         "available_at",
+        "traceparent",
         "payload",
     )
     readonly_fields = fields

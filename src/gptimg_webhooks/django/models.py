@@ -43,6 +43,9 @@ class Delivery(models.Model):
     )
     created_at: models.FloatField[float, float] = models.FloatField()
     updated_at: models.FloatField[float, float] = models.FloatField()
+    traceparent: models.TextField[str | None, str | None] = models.TextField(
+        null=True, blank=True, help_text="W3C trace context of the receiving span"
+    )
 
     class Meta:
         db_table = "gptimg_webhooks_delivery"

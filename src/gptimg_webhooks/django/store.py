@@ -73,6 +73,7 @@ def _record(row: Delivery) -> Record:
         row.updated_at,
         row.lease_until,
         row.available_at,
+        row.traceparent,
     )
 
 
@@ -239,6 +240,7 @@ class DjangoStore(Store):
             "event": entry.event,
             "generation_id": entry.generation_id,
             "body": entry.body,
+            "traceparent": entry.traceparent,
             "attempts": 0,
             "error": None,
             "created_at": now,

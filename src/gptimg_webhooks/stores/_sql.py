@@ -7,8 +7,9 @@ that may insert becomes an ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE``.
 comes from, names and types, and whether the streak reset rides in the same statement.
 Statements are built on first use per (dialect, transition) and cached.
 
-Row alias ``r`` is the record as it was before the statement; the columns and the table
-layout are the ones earlier releases created, so existing ledgers keep working.
+Row alias ``r`` is the record as it was before the statement. The table layout is the
+one earlier releases created, plus the columns of :data:`ADDED`: :func:`upgrade` adds
+those to an older table, so existing ledgers keep working.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .._core.ledger import LEASE, Applied, Change, Record, Source, State, Transi
 from .memory import new_token
 
 __all__ = [
+    "ADDED",
     "Apply",
     "Dialect",
     "applied",
@@ -29,6 +31,7 @@ __all__ = [
     "apply_statement",
     "bump_statement",
     "bumped",
+    "columns_statement",
     "ddl",
     "drop",
     "due_statement",
@@ -38,9 +41,15 @@ __all__ = [
     "prune_statement",
     "records_statement",
     "sqlite",
+    "upgrade",
 ]
 
 _COLUMNS = Record.COLUMNS
+
+#: Columns added to the records table after its first release, with their type (the
+#: :class:`Dialect` attribute naming it). New tables have them; :func:`upgrade` adds them
+#: to older ones. ``traceparent``: the receiving span's W3C trace context.
+ADDED: dict[str, str] = {"traceparent": "text"}
 
 
 def _quote(name: str) -> str:
@@ -72,6 +81,9 @@ class Dialect:
     prune_batch: int
     #: A fresh token per row of ``r``, made by the server (for many leases at once).
     row_token: str = ""
+    #: A query listing the records table's column names; ``{bare}``: its unqualified
+    #: name, ``{quoted}``: its quoted, possibly schema-qualified one.
+    table_columns: str = ""
 
     def p(self, name: str) -> str:
         return self.placeholder.format(name)
@@ -96,6 +108,7 @@ def sqlite() -> Dialect:
         big="INTEGER",
         streak_in_statement=False,
         prune_batch=1000,
+        table_columns="SELECT name FROM pragma_table_info('{bare}')",
     )
 
 
@@ -116,6 +129,11 @@ def postgres(table: str) -> Dialect:
         prune_batch=5000,
         # Fencing tokens need uniqueness, not secrecy: random() is enough.
         row_token="md5(random()::text || r.key)",  # noqa: S106 - SQL, not a secret
+        # The table the unqualified name resolves to on the search path, as DDL does.
+        table_columns=(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('{quoted}') "
+            "AND attnum > 0 AND NOT attisdropped"
+        ),
     )
 
 
@@ -127,6 +145,7 @@ def ddl(d: Dialect) -> list[str]:
     schema, _, bare = d.table.rpartition(".")
     t, c = _quote(d.table), _quote(d.counters)
     statements = [f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}"] if schema else []
+    added = "".join(f",\n            {name} {getattr(d, kind)}" for name, kind in ADDED.items())
     return [
         *statements,
         f"""CREATE TABLE IF NOT EXISTS {t} (
@@ -142,10 +161,31 @@ def ddl(d: Dialect) -> list[str]:
             body {d.blob},
             error {d.text},
             created_at {d.real} NOT NULL,
-            updated_at {d.real} NOT NULL)""",
+            updated_at {d.real} NOT NULL{added})""",
         f"CREATE INDEX IF NOT EXISTS {_quote(bare + '_state')} ON {t} (state, updated_at)",
         # Counter names are the receiver's guard keys: ~200 characters; text holds them.
         f"CREATE TABLE IF NOT EXISTS {c} (name {d.text} PRIMARY KEY, value {d.big} NOT NULL)",
+    ]
+
+
+def columns_statement(d: Dialect) -> str:
+    """List the records table's columns, one name per row (none when it is missing)."""
+    _, _, bare = d.table.rpartition(".")
+    return d.table_columns.format(bare=bare, quoted=_quote(d.table))
+
+
+def upgrade(d: Dialect, present: Collection[str]) -> list[str]:
+    """Return the statements adding the :data:`ADDED` columns missing from ``present``.
+
+    Run them under the lock that serialises schema changes (SQLite's write lock,
+    PostgreSQL's advisory lock) after reading ``present`` under that same lock, so that
+    processes starting together add each column once.
+    """
+    t = _quote(d.table)
+    return [
+        f"ALTER TABLE {t} ADD COLUMN {name} {getattr(d, kind)}"
+        for name, kind in ADDED.items()
+        if name not in present
     ]
 
 
@@ -236,6 +276,7 @@ def apply_statement(d: Dialect, t: Transition, streak: bool = False) -> Apply:
             "lease_until": "NULL",
             "available_at": "NULL",
             "body": p("body"),
+            "traceparent": p("traceparent"),
             "error": "NULL",
             "created_at": d.now,
             "updated_at": d.now,
@@ -274,6 +315,7 @@ def apply_params(change: Change) -> dict[str, Any]:
         "event": entry.event if entry else None,
         "generation_id": entry.generation_id if entry else None,
         "body": entry.body if entry else None,
+        "traceparent": entry.traceparent if entry else None,
         "token": change.token,
         "new_token": new_token() if change.transition.lease else None,
         "lease": float(change.lease),

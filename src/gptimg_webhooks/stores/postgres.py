@@ -17,11 +17,15 @@ is libpq's; ``connect_timeout`` defaults to 2 s here.
 
 Schema: created on first use by each process (``CREATE ... IF NOT EXISTS`` under a
 transaction-scoped advisory lock, so processes starting together do not race), or
-explicitly with :meth:`PostgresStore.create_schema`. Layout::
+explicitly with :meth:`PostgresStore.create_schema`. Either also adds, under that lock,
+the columns a table of an earlier release lacks (``traceparent``): with
+``create_schema=false``, run :meth:`~PostgresStore.create_schema` once after upgrading.
+Layout::
 
     <table>          key text PRIMARY KEY, state, delivery_id, event, generation_id,
                      attempts, token, lease_until, available_at, body bytea, error,
-                     created_at, updated_at  (times are epoch seconds, double precision)
+                     created_at, updated_at  (times are epoch seconds, double precision),
+                     traceparent text (the receiving span's, for a runner's span to link)
     <table>_counters name text PRIMARY KEY, value bigint
 
 Every transition is one compare-and-set statement generated from the state machine (see
@@ -79,6 +83,9 @@ _NAME = re.compile(r"(?:[a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,50}")
 _OWN_OPTIONS = ("table", "pool_max", "pool_timeout", "create_schema")
 #: Prune gives up after this many batches per call; the next call goes on.
 _MAX_BATCHES = 10_000
+#: ALTER TABLE waits for every open transaction on the table, and every query queues
+#: behind it: give up soon (a 503 the provider retries) and try again on the next use.
+_UPGRADE_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '2s'"
 
 
 def _flag(value: str) -> bool:
@@ -269,7 +276,7 @@ class PostgresStore(Store):
     # Schema -------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create the tables and index if missing; safe to run from many processes at once."""
+        """Create what is missing (tables, index, columns); safe from many processes at once."""
         with self._errors("create_schema"):
             pool = self._sync_pool()
             with pool.connection() as conn:
@@ -281,12 +288,26 @@ class PostgresStore(Store):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
             for statement in _sql.ddl(self._d):
                 conn.execute(statement)
+            # Read under the lock: a process that got it first may have added them.
+            present = [name for (name,) in conn.execute(_sql.columns_statement(self._d))]
+            upgrade = _sql.upgrade(self._d, present)
+            if upgrade:
+                conn.execute(_UPGRADE_LOCK_TIMEOUT)
+            for statement in upgrade:
+                conn.execute(statement)
         self._ready = True
 
     async def _acreate(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
             for statement in _sql.ddl(self._d):
+                await conn.execute(statement)
+            cur = await conn.execute(_sql.columns_statement(self._d))
+            present = [name for (name,) in await cur.fetchall()]
+            upgrade = _sql.upgrade(self._d, present)
+            if upgrade:
+                await conn.execute(_UPGRADE_LOCK_TIMEOUT)
+            for statement in upgrade:
                 await conn.execute(statement)
         self._ready = True
 

@@ -5,7 +5,8 @@ compare-and-set statement (see :mod:`._sql`) run under SQLite's single write loc
 exactly one process wins a delivery. "Now" is this host's clock, read once the write lock
 is held; every process sharing the file shares the host. The database runs in WAL mode
 with ``synchronous=NORMAL``: a process crash loses nothing; a power cut may lose the last
-few commits, never corrupt the file. The schema is created on first use.
+few commits, never corrupt the file. The schema is created on first use, and a ledger
+an earlier release created gets the columns added since (``traceparent``) on first use.
 
 URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's
 convention), with an optional ``?busy_timeout=3.0`` in seconds.
@@ -48,6 +49,29 @@ def enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.01)
+
+
+def _upgrade_schema(conn: sqlite3.Connection) -> None:
+    """Add the columns an older records table lacks; a no-op on a current or missing one.
+
+    The columns are read again under the write lock before any is added, so processes
+    opening an old file together add each column once.
+    """
+    present = _columns(conn)
+    if not present or not _sql.upgrade(_SQL, present):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _sql.upgrade(_SQL, _columns(conn)):
+            conn.execute(statement)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in conn.execute(_sql.columns_statement(_SQL))}
 
 
 class SQLiteStore(Store):
@@ -119,6 +143,8 @@ class SQLiteStore(Store):
             if self.create:
                 for statement in _sql.ddl(_SQL):
                     conn.execute(statement)
+            # Even without create: an upgrade is no creation, and reads need the columns.
+            _upgrade_schema(conn)
         except BaseException:
             conn.close()
             raise
