@@ -263,7 +263,7 @@ def test_handlers_that_hang_past_the_providers_timeout_are_answered_in_time_and_
         for report in reports:
             assert report.delivered
             first = report.attempts[0]
-            # 202 at the 4 s reply deadline; on a machine too loaded to send even that
+            # 202 at the 3.5 s reply deadline; on a machine too loaded to send even that
             # within 5 s the provider times out, and its retry finds the delivery done.
             assert (first.status, first.answer) in ((202, "processing"), (None, None)), first
             if first.status is None:
