@@ -432,14 +432,11 @@ class Webhooks:
         # The common case, straight: claim in this thread (a duplicate never leaves it),
         # then run the handlers, under the reply deadline when there is one.
         try:
-            try:
-                claim = self.store.claim(verified.entry, lease=self.lease)
-            except Exception as exc:  # a store's bug fails closed like an outage
-                return self._store_down(verified, _as_outage(exc))
-            if claim.status is not ClaimStatus.CLAIMED:
-                return self._unclaimed(claim, verified)
+            claim = self._claim(verified)
         except Exception as exc:  # a bug of ours (or a store's): answer, never raise
             return _internal(verified.delivery_id, exc)
+        if isinstance(claim, Response):
+            return claim
         # Built only for a handler that takes it, or to report an error.
         delivery = partial(self._delivery, verified, claim.attempt, now)
         # No handler (the event is ignored): nothing here can outlast the deadline.
@@ -558,15 +555,9 @@ class Webhooks:
     def handle_verified(self, verified: Verified, handoff: _Handoff | None = None) -> Response:
         """Record and run an already verified delivery, blocking."""
         try:
-            try:
-                if self.deferred:
-                    claim = self._enqueue(verified.entry)
-                else:
-                    claim = self.store.claim(verified.entry, lease=self.lease)
-            except Exception as exc:  # a store's bug fails closed like an outage
-                return self._store_down(verified, _as_outage(exc))
-            if claim.status is not ClaimStatus.CLAIMED:
-                return self._unclaimed(claim, verified)
+            claim = self._claim(verified)
+            if isinstance(claim, Response):
+                return claim
             delivery = self._delivery(verified, claim.attempt)
             if handoff is not None:
                 handoff.arm(delivery)
@@ -575,6 +566,19 @@ class Webhooks:
             )
         except Exception as exc:  # a bug of ours (or a store's): answer, never raise
             return _internal(verified.delivery_id, exc)
+
+    def _claim(self, verified: Verified) -> Claim | Response:
+        """Record a verified delivery and lease it (enqueue it, deferred); or answer it now."""
+        try:
+            if self.deferred:
+                claim = self._enqueue(verified.entry)
+            else:
+                claim = self.store.claim(verified.entry, lease=self.lease)
+        except Exception as exc:  # a store's bug fails closed like an outage
+            return self._store_down(verified, _as_outage(exc))
+        if claim.status is not ClaimStatus.CLAIMED:
+            return self._unclaimed(claim, verified)
+        return claim
 
     def _rejected(
         self, exc: WebhookError, headers: Headers, endpoint: Endpoint | None = None
