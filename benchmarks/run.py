@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-docs", action="store_true", help="write the JSON only")
     parser.add_argument("--compare", type=Path, help="an earlier results JSON to compare with")
     parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: replace those sections in the --out JSON, keep the others",
+    )
+    parser.add_argument(
         "--report-only",
         type=Path,
         metavar="RESULTS",
@@ -96,6 +101,17 @@ def main(argv: list[str] | None = None) -> None:
         print("http: real servers under wrk")
         results["http"] = http.run(args.quick)
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    if args.update and args.out.exists():
+        # A partial run: the other sections stay those of the earlier run, and the page
+        # says which run each section comes from.
+        earlier = json.loads(args.out.read_text())
+        meta = earlier["meta"]
+        meta.setdefault("updated", {})
+        for section in only:
+            meta["updated"][section] = {
+                k: results["meta"][k] for k in ("date", "load_average_at_start", "seconds")
+            }
+        results = {**earlier, **{k: v for k, v in results.items() if k != "meta"}, "meta": meta}
 
     from .report import compare, targets
 

@@ -322,3 +322,51 @@ def test_failed_records_go_only_by_an_explicit_setting_and_that_is_logged(
     wait_until(lambda: not store.records())
     assert any("failed or dead" in r.getMessage() for r in caplog.records)
     hooks.close()
+
+
+def test_a_duplicate_and_an_event_without_handlers_are_answered_in_the_request_thread() -> None:
+    store = MemoryStore()
+    hooks = hooks_on(store)  # the default reply deadline
+    body = payload("gen_no_handler")
+    assert post(hooks, body) == (200, "ignored")
+    assert post(hooks, body) == (200, "duplicate")
+    assert hooks._pool is None  # neither needed a runner thread
+    ran_in: list[str] = []
+    hooks.on("generation.succeeded")(lambda e: ran_in.append(threading.current_thread().name))
+    other = payload("gen_with_handler")
+    assert post(hooks, other) == (200, "processed")
+    assert post(hooks, other) == (200, "duplicate")
+    assert ran_in == ["gptimg-webhooks-run"]  # the handler ran once, behind the deadline
+    hooks.close()
+
+
+def test_a_handler_that_takes_the_delivery_gets_it_whole_and_a_failure_is_reported_with_it() -> (
+    None
+):
+    store = MemoryStore()
+    hooks = hooks_on(store)
+    seen: list[Any] = []
+
+    @hooks.on("generation.succeeded")
+    def first(event: Event, delivery: Any) -> None:
+        seen.append(delivery)
+
+    @hooks.on("generation.succeeded")
+    def second(event: Event) -> None:
+        raise RuntimeError("broken")
+
+    reported: list[Any] = []
+    hooks.on_error(lambda exc, event, delivery: reported.append(delivery))
+    body = payload("gen_delivery_whole")
+    headers = request(body)
+    assert hooks.handle("POST", headers, body).status == 500
+    (delivery,) = seen
+    assert delivery.id == headers["X-Gptimg-Delivery"]
+    assert delivery.event == "generation.succeeded"
+    assert delivery.key == store.records()[0].key
+    assert delivery.attempt == 1
+    assert abs(delivery.received_ts - time.time()) < 60
+    assert [(d.id, d.key, d.attempt) for d in reported] == [
+        (delivery.id, delivery.key, delivery.attempt)
+    ]
+    hooks.close()

@@ -59,3 +59,42 @@ def test_concurrent_calls_get_threads_up_to_the_bound() -> None:
     assert 1 <= len(idents) <= 3
     assert len(runners._threads) == 3
     runners.close(wait=True)
+
+
+def test_call_waits_up_to_its_timeout_and_returns_the_pending_finished_or_not() -> None:
+    runners = Runners()
+    fast = runners.call(5, lambda: "now")
+    assert fast.finished
+    assert fast.result(timeout=0) == "now"
+    gate = threading.Event()
+    slow = runners.call(0.05, lambda: gate.wait(5) and "later")
+    assert not slow.finished
+    gate.set()
+    assert slow.result(timeout=5) == "later"
+    runners.close(wait=True)
+
+
+def test_a_late_end_of_an_abandoned_call_does_not_end_the_next_wait_early() -> None:
+    runners = Runners(max_threads=4)
+    gate, release = threading.Event(), threading.Event()
+
+    def abandoned() -> str:
+        gate.wait(5)
+        return "abandoned"
+
+    first = runners.submit(abandoned)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        first.result(timeout=0.02)  # this thread stops waiting for it
+
+    def slow() -> str:
+        gate.set()  # the abandoned call ends (and wakes this thread's pipe) meanwhile
+        release.wait(5)
+        return "slow"
+
+    second = runners.submit(slow)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        second.result(timeout=0.3)  # a stray wake-up must not end this wait
+    release.set()
+    assert second.result(timeout=5) == "slow"
+    assert first.result(timeout=5) == "abandoned"
+    runners.close(wait=True)

@@ -503,3 +503,21 @@ def test_rejections_are_logged_at_warning_without_secret_or_body(
         text = record.getMessage()
         assert SECRET not in text
         assert body.decode() not in text
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [b"x-gptimg-signature", b"x-gptimg-delivery", b"x-gptimg-event"],
+        [b"X-Gptimg-Signature", b"x-gptimg-delivery", b"x-gptimg-event"],
+        [b"x-gptimg-signature", b"X-GPTIMG-SIGNATURE", b"x-gptimg-delivery", b"x-gptimg-event"],
+        [b"x-gptimg-signature", b"x-gptimg-signature", b"x-gptimg-event", b"content-encoding"],
+    ],
+)
+def test_header_lists_are_read_the_same_as_a_mapping_of_their_pairs(names: list[bytes]) -> None:
+    from gptimg_webhooks._core.protocol import collect_headers
+
+    pairs = [(name, f"v{i}".encode()) for i, name in enumerate(names)]
+    by_loop = collect_headers(iter(pairs))  # not a list: the general loop
+    assert collect_headers(pairs) == by_loop
+    assert collect_headers([(n.decode(), v.decode()) for n, v in pairs]) == by_loop

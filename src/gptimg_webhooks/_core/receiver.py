@@ -14,12 +14,13 @@ import concurrent.futures
 import logging
 import os
 import re
-import threading
 import time
+from _thread import allocate_lock
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from . import strictjson
@@ -77,6 +78,7 @@ from .runner import (
     Settlement,
     aexecute,
     asettle_failure,
+    delivery_of,
     execute,
     run_coroutine,
     settle_failure,
@@ -147,33 +149,36 @@ def _seconds(value: float | timedelta | None) -> float | None:
 
 
 class _Handoff:
-    """Who settles a run: the request (answered after it) or the run itself (answered before)."""
+    """Who settles a run: the request (answered after it) or the run itself (answered before).
 
-    __slots__ = ("_lock", "delivery", "detached", "finished")
+    The two race for one lock, taken without waiting: the request takes it to answer
+    early (:meth:`detach`), the run to say it ended first (:meth:`finish`).
+    """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.delivery: Delivery | None = None
-        self.detached = False
-        self.finished = False
+    __slots__ = ("_detached", "_race", "delivery")
+
+    def __init__(self, delivery: Delivery | Callable[[], Delivery] | None = None) -> None:
+        self._race = allocate_lock()
+        self._detached: bool | None = None  # the race's outcome, once the run has ended
+        #: Set once the delivery is recorded and leased (it may be answered early then).
+        self.delivery = delivery
 
     def arm(self, delivery: Delivery) -> None:
         """The delivery is recorded and leased: from now on it may be answered early."""
-        with self._lock:
-            self.delivery = delivery
+        self.delivery = delivery
 
     def detach(self) -> bool:
         """Answer before the run ends; False when it ended meanwhile or is not recorded yet."""
-        with self._lock:
-            if not self.finished and self.delivery is not None:
-                self.detached = True
-            return self.detached
+        return self.delivery is not None and self._race.acquire(False)
 
     def finish(self) -> bool:
-        """Mark the run ended; return whether the request had answered already."""
-        with self._lock:
-            self.finished = True
-            return self.detached
+        """Mark the run ended; return whether the request had answered already.
+
+        Called from the run's thread only; a second call gives the first call's answer.
+        """
+        if self._detached is None:
+            self._detached = not self._race.acquire(False)
+        return self._detached
 
 
 class Webhooks:
@@ -296,6 +301,7 @@ class Webhooks:
         self.reconcile = reconcile
         self.keeper = Keeper(self)
         self._limits_cache: dict[Endpoint, Limits] = {}
+        self._default_limits: Limits | None = None
         self._pool: Runners | None = None
         self._background: set[asyncio.Future[Response]] = set()
 
@@ -352,6 +358,8 @@ class Webhooks:
         return self._limits(self._default)
 
     def _limits(self, endpoint: Endpoint) -> Limits:
+        if endpoint is self._default and self._default_limits is not None:
+            return self._default_limits  # no dataclass hash per request
         found = self._limits_cache.get(endpoint)
         if found is None:
             found = Limits(
@@ -360,6 +368,8 @@ class Webhooks:
             if len(self._limits_cache) > 4096:  # a resolver's accounts come and go
                 self._limits_cache.clear()
             self._limits_cache[endpoint] = found
+            if endpoint is self._default:
+                self._default_limits = found
         return found
 
     def serves(self, path: str) -> bool:
@@ -431,9 +441,36 @@ class Webhooks:
         endpoint = None
         try:
             endpoint = self.endpoint_for(path)
-            verified = verify_request(self._limits(endpoint), method, headers, body, self.clock())
+            now = self.clock()
+            verified = verify_request(self._limits(endpoint), method, headers, body, now)
         except WebhookError as exc:
             return self._told(started, self._rejected(exc, headers, endpoint), None, exc, headers)
+        if endpoint.namespace or self.observers.items or self.deferred:
+            return self._handle_wrapped(verified, endpoint, started)
+        # The common case, straight: claim in this thread (a duplicate never leaves it),
+        # then run the handlers, under the reply deadline when there is one.
+        try:
+            claim = self._claim(verified)
+        except Exception as exc:  # a bug of ours (or a store's): answer, never raise
+            return _internal(verified.delivery_id, exc)
+        if isinstance(claim, Response):
+            return claim
+        # Built only for a handler that takes it, or to report an error.
+        delivery = partial(self._delivery, verified, claim.attempt, now)
+        # No handler (the event is ignored): nothing here can outlast the deadline.
+        if self.reply_deadline is None or not self.routes(verified.event.event):
+            return self._run_claimed(verified, delivery, claim.token, None)
+        handoff = _Handoff(delivery)
+        remaining = max(0.0, self.reply_deadline - (time.monotonic() - started))
+        pending = self._executor().call(
+            remaining, self._run_claimed, verified, delivery, claim.token, handoff
+        )
+        if pending.finished:
+            return pending.result()
+        return _within(pending.result, handoff, started, self.reply_deadline)
+
+    def _handle_wrapped(self, verified: Verified, endpoint: Endpoint, started: float) -> Response:
+        """The request path with observers, an account's namespace or deferred mode."""
         if endpoint.namespace:
             verified = _namespaced(verified, endpoint)
         with self._receiving(verified) as (verified, receipt):
@@ -509,6 +546,24 @@ class Webhooks:
         finally:
             self.store.close_thread()
 
+    def _run_claimed(
+        self,
+        verified: Verified,
+        delivery: Callable[[], Delivery],
+        token: str,
+        handoff: _Handoff | None,
+    ) -> Response:
+        """Run a claimed delivery and settle it; with ``handoff``, in a runner thread."""
+        try:
+            return self._run_and_settle(
+                verified.event, delivery, verified.entry.key, token, handoff
+            )
+        except Exception as exc:  # a bug of ours (or a store's): answer, never raise
+            return _internal(verified.delivery_id, exc)
+        finally:
+            if handoff is not None:
+                self.store.close_thread()
+
     def _answered(self, response: Response) -> Response:
         if response.status < 300:
             # A 2xx resets the provider's count: 503s it followed no longer matter.
@@ -518,21 +573,30 @@ class Webhooks:
     def handle_verified(self, verified: Verified, handoff: _Handoff | None = None) -> Response:
         """Record and run an already verified delivery, blocking."""
         try:
-            try:
-                if self.deferred:
-                    claim = self._enqueue(verified.entry)
-                else:
-                    claim = self.store.claim(verified.entry, lease=self.lease)
-            except Exception as exc:  # a store's bug fails closed like an outage
-                return self._store_down(verified, _as_outage(exc))
-            if claim.status is not ClaimStatus.CLAIMED:
-                return self._unclaimed(claim, verified)
+            claim = self._claim(verified)
+            if isinstance(claim, Response):
+                return claim
             delivery = self._delivery(verified, claim.attempt)
             if handoff is not None:
                 handoff.arm(delivery)
-            return self._run_and_settle(verified.event, delivery, claim.token, handoff)
+            return self._run_and_settle(
+                verified.event, delivery, delivery.key, claim.token, handoff
+            )
         except Exception as exc:  # a bug of ours (or a store's): answer, never raise
             return _internal(verified.delivery_id, exc)
+
+    def _claim(self, verified: Verified) -> Claim | Response:
+        """Record a verified delivery and lease it (enqueue it, deferred); or answer it now."""
+        try:
+            if self.deferred:
+                claim = self._enqueue(verified.entry)
+            else:
+                claim = self.store.claim(verified.entry, lease=self.lease)
+        except Exception as exc:  # a store's bug fails closed like an outage
+            return self._store_down(verified, _as_outage(exc))
+        if claim.status is not ClaimStatus.CLAIMED:
+            return self._unclaimed(claim, verified)
+        return claim
 
     def _rejected(
         self, exc: WebhookError, headers: Headers, endpoint: Endpoint | None = None
@@ -583,7 +647,7 @@ class Webhooks:
     def _unclaimed(self, claim: Claim, verified: Verified) -> Response:
         answer = _claim_answer(claim, self.deferred)
         if answer is not None:
-            if answer is DUPLICATE:
+            if answer is DUPLICATE and logger.isEnabledFor(logging.INFO):
                 logger.info(
                     "duplicate of %s (delivery %r): already done",
                     verified.entry.key[:12],
@@ -600,25 +664,40 @@ class Webhooks:
         return pool
 
     def _run_and_settle(
-        self, event: Event, delivery: Delivery, token: str, handoff: _Handoff | None
+        self,
+        event: Event,
+        delivery: Delivery | Callable[[], Delivery],
+        key: str,
+        token: str,
+        handoff: _Handoff | None,
     ) -> Response:
-        try:
-            step, also = self._take_gate(event, delivery.key)
-        except StoreUnavailable as exc:
-            self.keeper.settle_later(
-                delivery.key, token, "store unavailable at the gate", Settlement("fail")
+        also = None
+        if self.reconcile is not None:
+            try:
+                step, also = self._take_gate(event, key)
+            except StoreUnavailable as exc:
+                self.keeper.settle_later(
+                    key, token, "store unavailable at the gate", Settlement("fail")
+                )
+                self.keeper.unrecorded_failure(self.counter_for(key))
+                return error_response(exc)
+            if step != "run":
+                return self._gated(step, delivery_of(delivery), token)
+        if self.observers.items:
+            with self._running(delivery_of(delivery), "inline") as run:
+                result = execute(
+                    self, event, delivery, token, also, key, answered=_answered_early(handoff)
+                )
+                if run is not None:
+                    run.outcome = result.outcome
+        else:
+            result = execute(
+                self, event, delivery, token, also, key, answered=_answered_early(handoff)
             )
-            self.keeper.unrecorded_failure(self.counter_for(delivery.key))
-            return error_response(exc)
-        if step != "run":
-            return self._gated(step, delivery, token)
-        with self._running(delivery, "inline") as run:
-            result = execute(self, event, delivery, token, also, answered=_answered(handoff))
-            if run is not None:
-                run.outcome = result.outcome
         detached = handoff is not None and handoff.finish()
         if result.outcome != "failed":
             return _result_answer(result)
+        delivery = delivery_of(delivery)
         error = _error_text(result)
         plan = settlement(self.backoff, delivery.attempt, provider_retries=not detached)
         if plan.op == "fail" and self.guard_trips(self.counter_for(delivery.key)):
@@ -699,9 +778,11 @@ class Webhooks:
     ) -> Response:
         if self.reconcile is not None and _terminal_generation(event) is not None:
             # The gate costs a round trip only with reconciliation on: keep it simple.
-            return await asyncio.to_thread(self._run_and_settle, event, delivery, token, handoff)
+            return await asyncio.to_thread(
+                self._run_and_settle, event, delivery, delivery.key, token, handoff
+            )
         with self._running(delivery, "inline") as run:
-            result = await aexecute(self, event, delivery, token, answered=_answered(handoff))
+            result = await aexecute(self, event, delivery, token, answered=_answered_early(handoff))
             if run is not None:
                 run.outcome = result.outcome
         detached = handoff is not None and handoff.finish()
@@ -716,13 +797,13 @@ class Webhooks:
 
     # Runners: recovery, replay -------------------------------------------------------
 
-    def _delivery(self, verified: Verified, attempt: int) -> Delivery:
+    def _delivery(self, verified: Verified, attempt: int, now: float | None = None) -> Delivery:
         return Delivery(
             verified.delivery_id,
             verified.event.event,
             verified.entry.key,
             verified.match,
-            self.clock(),
+            self.clock() if now is None else now,
             attempt,
             account=None if self.accounts is None else _account_of(verified.entry.key),
         )
@@ -1058,7 +1139,7 @@ def _in_progress(tripped: bool) -> Response:
     return error_response(exc)
 
 
-def _answered(handoff: _Handoff | None) -> Callable[[], bool]:
+def _answered_early(handoff: _Handoff | None) -> Callable[[], bool]:
     """Whether a request's run ended by an outage was answered early (no retry follows)."""
     # finish() also stops an early answer from going out after the run ended.
     return _not_yet if handoff is None else handoff.finish
@@ -1221,8 +1302,9 @@ def _log_rejection(exc: WebhookError, headers: Headers | None = None) -> None:
     )
 
 
-def _log_detached(delivery: Delivery | None) -> None:
-    assert delivery is not None
+def _log_detached(made: Delivery | Callable[[], Delivery] | None) -> None:
+    assert made is not None
+    delivery = delivery_of(made)
     logger.warning(
         "handlers for %s still run at the reply deadline (delivery %r); answered 202, "
         "they go on holding the lease",

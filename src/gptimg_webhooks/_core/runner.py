@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import LeaseLost, StoreUnavailable
 from .events import Event
 from .handlers import Delivery, HandlerSpec
+from .handoff import process
 from .ledger import FINISHED, State, Store
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ class Result:
     error: BaseException | None = None
 
 
+_PROCESSED = Result("processed")
+_IGNORED = Result("ignored")
+
+
 def run_coroutine(coro: Any) -> Any:
     """Run an async handler from sync code, even when this thread already has a loop."""
     try:
@@ -104,6 +109,9 @@ def _no_retry() -> bool:
     return True
 
 
+_NULL = nullcontext()
+
+
 # Phases of a run: a store error means an outage only in the store's own phases.
 _OPEN, _HANDLERS, _MARK, _COMMIT = "open", "handlers", "mark", "commit"
 
@@ -111,51 +119,78 @@ _OPEN, _HANDLERS, _MARK, _COMMIT = "open", "handlers", "mark", "commit"
 def execute(
     hooks: Webhooks,
     event: Event,
-    delivery: Delivery,
+    delivery: Delivery | Callable[[], Delivery],
     token: str,
     also: tuple[str, str] | None = None,
+    key: str = "",
     *,
     answered: Callable[[], bool] = _no_retry,
 ) -> Result:
     """Run ``event``'s handlers and the done mark, in the store's transaction, blocking.
 
     ``also`` (key, token): a second record held for the same run (a generation's gate),
-    marked done with the first. ``answered()``, asked if an outage ends the run: whether
-    the provider has its answer already, so no retry of its will run the record again
+    marked done with the first. ``delivery`` may be a function that builds it, with
+    ``key`` given: the request path builds it only for a handler that takes it, or for
+    an error report. ``answered()``, asked if an outage ends the run: whether the
+    provider has its answer already, so no retry of its will run the record again
     (always, for a runner; for a request, once it has answered early).
     """
-    store, key = hooks.store, delivery.key
+    store = hooks.store
+    if not key:
+        assert isinstance(delivery, Delivery)
+        key = delivery.key
     handlers = hooks.routes(event.event)
+    keeper = hooks.keeper
     phase = _OPEN
-    with hooks.keeper.holding(key, token), _holding(hooks, also):
-        try:
-            with store.transaction() as tx:
-                phase = _HANDLERS
-                run = delivery if tx is None else replace(delivery, transaction=tx)
-                for func, wants_delivery, is_async in handlers:
-                    result = func(event, run) if wants_delivery else func(event)
-                    # None first: iscoroutine() pays an ABC check for every other type.
-                    if is_async or (result is not None and asyncio.iscoroutine(result)):
-                        store.run_async(result)
-                if tx is not None:
-                    store.check_transaction(tx)
-                phase = _MARK
-                if not store.complete(key, token, counter=hooks.counter_for(key)):
-                    raise LeaseLost("the lease was lost while the handlers ran")
-                if also is not None and not store.complete(*also):
-                    raise LeaseLost("the generation's gate was lost while the handlers ran")
-                phase = _COMMIT
-        except LeaseLost as exc:
-            return Result("lease_lost", exc)
-        except StoreUnavailable as exc:
-            if phase != _HANDLERS:
-                return _outage(hooks, key, token, phase, exc, answered)
-            hooks.report(exc, event, delivery)
-            return Result("failed", exc)
-        except Exception as exc:
-            hooks.report(exc, event, delivery)
-            return Result("failed", exc)
-    return Result("processed" if handlers else "ignored")
+    held = keeper.hold(key, token)
+    if also is not None:
+        keeper.hold(*also)
+    try:
+        # A store without transactions: skip building and entering one per run.
+        plain = type(store).transaction is _NO_TRANSACTION
+        with _NULL if plain else store.transaction() as tx:
+            phase = _HANDLERS
+            run = None
+            for func, wants_delivery, is_async in handlers:
+                if wants_delivery:
+                    if run is None:
+                        run = delivery_of(delivery)
+                        if tx is not None:
+                            run = replace(run, transaction=tx)
+                    result = func(event, run)
+                else:
+                    result = func(event)
+                # None first: iscoroutine() pays an ABC check for every other type.
+                if is_async or (result is not None and asyncio.iscoroutine(result)):
+                    store.run_async(result)
+            if tx is not None:
+                store.check_transaction(tx)
+            phase = _MARK
+            if not store.complete(key, token, counter=hooks.counter_for(key)):
+                raise LeaseLost("the lease was lost while the handlers ran")
+            if also is not None and not store.complete(*also):
+                raise LeaseLost("the generation's gate was lost while the handlers ran")
+            phase = _COMMIT
+    except LeaseLost as exc:
+        return Result("lease_lost", exc)
+    except StoreUnavailable as exc:
+        if phase != _HANDLERS:
+            return _outage(hooks, key, token, phase, exc, answered)
+        hooks.report(exc, event, delivery_of(delivery))
+        return Result("failed", exc)
+    except Exception as exc:
+        hooks.report(exc, event, delivery_of(delivery))
+        return Result("failed", exc)
+    finally:
+        keeper.release(key, held)
+        if also is not None:
+            keeper.release(also[0], None, also[1])
+    return _PROCESSED if handlers else _IGNORED
+
+
+def delivery_of(delivery: Delivery | Callable[[], Delivery]) -> Delivery:
+    """Return ``delivery``, building it first when it is given as a function."""
+    return delivery if type(delivery) is Delivery else delivery()  # type: ignore[operator]
 
 
 async def aexecute(
@@ -202,7 +237,7 @@ async def aexecute(
         except Exception as exc:
             await asyncio.to_thread(hooks.report, exc, event, delivery)
             return Result("failed", exc)
-    return Result("processed" if handlers else "ignored")
+    return _PROCESSED if handlers else _IGNORED
 
 
 def _holding(hooks: Webhooks, also: tuple[str, str] | None) -> AbstractContextManager[None]:
@@ -314,6 +349,9 @@ async def asettle_failure(
         return False
 
 
+_NO_TRANSACTION = Store.transaction
+
+
 class _Holding:
     """The ``with`` block of :meth:`Keeper.holding` (a class: no generator per run)."""
 
@@ -323,17 +361,10 @@ class _Holding:
         self.keeper, self.key, self.token = keeper, key, token
 
     def __enter__(self) -> None:
-        keeper = self.keeper
-        keeper.start()
-        with keeper._lock:
-            keeper._held[self.key] = _Held(self.token, time.monotonic())
+        self.keeper.hold(self.key, self.token)
 
     def __exit__(self, *exc: object) -> None:
-        keeper = self.keeper
-        with keeper._lock:
-            held = keeper._held.get(self.key)
-            if held is not None and held.token == self.token:
-                del keeper._held[self.key]
+        self.keeper.release(self.key, None, self.token)
 
 
 @dataclass(slots=True)
@@ -376,6 +407,26 @@ class Keeper:
         """Renew ``key``'s lease in the background while the block runs."""
         return _Holding(self, key, token)
 
+    def hold(self, key: str, token: str) -> _Held:
+        """Start renewing ``key``'s lease in the background; :meth:`release` stops it."""
+        if self._thread is None or self._pid != process[0]:
+            self.start()
+        held = _Held(token, time.monotonic())
+        with self._lock:
+            self._held[key] = held
+        return held
+
+    def release(self, key: str, held: _Held | None, token: str = "") -> None:
+        """Stop renewing the lease :meth:`hold` registered (``held``, or by its token)."""
+        with self._lock:
+            found = self._held.get(key)
+            if key in self._later:
+                return  # a settle waits for the store: keep the lease until it lands
+            if found is not None and (
+                found is held or found.token == (token or (held and held.token))
+            ):
+                del self._held[key]
+
     def settle_later(
         self, key: str, token: str, error: str | None, plan: Settlement | None
     ) -> None:
@@ -405,12 +456,12 @@ class Keeper:
 
     def start(self) -> None:
         """Start the thread in this process if it is not running (after a fork too)."""
-        if self._pid == os.getpid() and self._thread is not None:
+        if self._pid == process[0] and self._thread is not None:
             return
         with self._lock:
-            if self._pid == os.getpid() and self._thread is not None:
+            if self._pid == process[0] and self._thread is not None:
                 return
-            self._pid = os.getpid()
+            self._pid = process[0] = os.getpid()
             self._held.clear()  # a parent's runs are not this child's
             self._later.clear()
             self._stop.clear()

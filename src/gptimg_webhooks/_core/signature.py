@@ -85,6 +85,14 @@ def secret_id(value: str) -> str:
     return hashlib.sha256(b"gptimg-secret-id:" + value.encode("utf-8")).hexdigest()[:12]
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Which configured secret verified a delivery (never the secret itself)."""
+
+    index: int
+    id: str
+
+
 class Secret:
     """One signing secret with its HMAC pads precomputed, so a check is two hash copies.
 
@@ -92,7 +100,7 @@ class Secret:
     it, no whitespace, no quotes.
     """
 
-    __slots__ = ("_inner", "_outer", "id", "index")
+    __slots__ = ("_inner", "_outer", "id", "index", "match")
 
     def __init__(self, value: str, index: int = 0) -> None:
         check_secret(value, index)
@@ -105,6 +113,8 @@ class Secret:
         self.index = index
         # A short fingerprint names the secret in logs and metadata without revealing it.
         self.id = secret_id(value)
+        #: What a delivery this secret verified reports (immutable: one for all).
+        self.match = Match(index, self.id)
 
     def digest(self, body: bytes) -> str:
         """Return the lowercase hex signature of ``body``."""
@@ -116,14 +126,6 @@ class Secret:
 
     def __repr__(self) -> str:
         return f"Secret(id={self.id!r}, index={self.index})"
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """Which configured secret verified a delivery (never the secret itself)."""
-
-    index: int
-    id: str
 
 
 class Verifier:
@@ -146,7 +148,7 @@ class Verifier:
         signature = signature.lower()
         for secret in self.secrets:
             if hmac.compare_digest(secret.digest(body), signature):
-                return Match(secret.index, secret.id)
+                return secret.match
         return None
 
 

@@ -183,7 +183,8 @@ class MemoryStore(Store):
             row = self._rows.get(entry.key)
             if row is None:
                 now = self.clock()
-                self._evict()
+                if len(self._rows) >= self.max_records:
+                    self._evict()
                 row = self._rows[entry.key] = _Row(entry, now)
                 row.state = State.PROCESSING
                 row.attempts = 1
