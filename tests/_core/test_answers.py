@@ -166,19 +166,24 @@ def test_an_unsigned_request_is_never_counted() -> None:
     hooks.close()
 
 
-def test_guard_counts_in_progress_answers() -> None:
+def test_guard_counts_in_progress_answers(caplog: pytest.LogCaptureFixture) -> None:
     store = MemoryStore()
     hooks = hooks_on(store, failure_threshold=2, reply_deadline=None)
     release = threading.Event()
     hooks.on("generation.succeeded")(lambda e: release.wait(5))
     body = payload("gen_held")
-    thread = threading.Thread(target=post, args=(hooks, body))
+    delivery = request(body)["X-Gptimg-Delivery"]
+    thread = threading.Thread(target=post, args=(hooks, body), kwargs=request(body))
     thread.start()
     wait_until(lambda: store.records() and store.records()[0].state is State.PROCESSING)
-    copies = [post(hooks, body) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="gptimg_webhooks"):
+        copies = [post(hooks, body, **{"X-Gptimg-Delivery": delivery}) for _ in range(3)]
     release.set()
     thread.join(5)
     assert copies == [(409, "delivery_in_progress")] * 2 + [(202, "processing")]
+    # Each answer's log line names the delivery, so an operator can follow the copy.
+    assert [repr(delivery) in r.getMessage() for r in caplog.records] == [True] * 3
+    assert {getattr(r, "delivery_id", None) for r in caplog.records} == {delivery}
     hooks.close()
 
 

@@ -655,7 +655,8 @@ class Webhooks:
                     extra=_fields(verified, "duplicate"),
                 )
             return answer
-        return _in_progress(self.guard_trips(self.counter_for(verified.entry.key)))
+        tripped = self.guard_trips(self.counter_for(verified.entry.key))
+        return _in_progress(tripped, verified.delivery_id)
 
     def _executor(self) -> Runners:
         pool = self._pool
@@ -899,7 +900,7 @@ class Webhooks:
             self.store.complete(delivery.key, token, counter=self.counter_for(delivery.key))
             return DUPLICATE
         self.store.fail(delivery.key, token, "its generation is being handled by a poll")
-        return _in_progress(self.guard_trips(self.counter_for(delivery.key)))
+        return _in_progress(self.guard_trips(self.counter_for(delivery.key)), delivery.id)
 
     def _poll_record(self, record: Record, claim: Claim, backoff: Backoff | None) -> str:
         reconcile = self.reconcile
@@ -1130,12 +1131,17 @@ def _claim_answer(claim: Claim, deferred: bool) -> Response | None:
     return None
 
 
-def _in_progress(tripped: bool) -> Response:
+def _in_progress(tripped: bool, delivery_id: str) -> Response:
     if tripped:
-        logger.error("a copy is still in progress; answering 2xx to keep the endpoint enabled")
+        logger.error(
+            "a copy of delivery %r is still in progress; answering 2xx to keep the endpoint "
+            "enabled",
+            delivery_id,
+            extra={"delivery_id": delivery_id, "outcome": "processing"},
+        )
         return RUNNING
     exc = DeliveryInProgress("a copy of this delivery is being processed; retry later")
-    _log_rejection(exc)
+    _log_rejection(exc, delivery_id=delivery_id)
     return error_response(exc)
 
 
@@ -1286,10 +1292,11 @@ def _stored_event(hooks: Webhooks, record: Record, claim: Claim) -> Event | None
         return None
 
 
-def _log_rejection(exc: WebhookError, headers: Headers | None = None) -> None:
+def _log_rejection(
+    exc: WebhookError, headers: Headers | None = None, *, delivery_id: str = ""
+) -> None:
     # Expected rejections: WARNING at most, never the body. The delivery id is unsigned:
     # only ever logged with %r, and cut short.
-    delivery_id = ""
     if headers is not None:
         found = collect_headers(headers)[1]
         delivery_id = found[0][:80] if found else ""
