@@ -350,6 +350,10 @@ class Store(ABC):
     native_async: bool = False
     #: True when lease deadlines come from the store server's own clock.
     server_time: bool = False
+    #: True when each thread has its own connection, which may sit in that thread's open
+    #: transaction (Django's): a record's claim and its run then share one thread, or the
+    #: run could not see the claim it has to complete.
+    thread_bound: bool = False
 
     # Primitives ------------------------------------------------------------------
 

@@ -445,7 +445,7 @@ class Webhooks:
             verified = verify_request(self._limits(endpoint), method, headers, body, now)
         except WebhookError as exc:
             return self._told(started, self._rejected(exc, headers, endpoint), None, exc, headers)
-        if endpoint.namespace or self.observers.items or self.deferred:
+        if endpoint.namespace or self.observers.items or self.deferred or self.store.thread_bound:
             return self._handle_wrapped(verified, endpoint, started)
         # The common case, straight: claim in this thread (a duplicate never leaves it),
         # then run the handlers, under the reply deadline when there is one.

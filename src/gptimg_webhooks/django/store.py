@@ -137,6 +137,7 @@ class DjangoStore(Store):
 
     schemes = ("django",)
     transactional = True
+    thread_bound = True
     # Django's transactions belong to a thread: the async driver runs handlers and the
     # done mark together in one worker thread, and run_async keeps async handlers there.
     async_transactions = False
