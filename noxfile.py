@@ -56,6 +56,7 @@ TEST_DEPS = [
     "gunicorn>=22",
     "flask-wtf>=1.2",
     "mypy>=1.10,<3",  # tests/_core/test_typing.py runs it on the handler overloads
+    "pillow>=10",  # tests/testing/test_provider.py opens the images the provider makes
 ]
 #: The framework-facing tests; arguments after ``--`` replace this selection.
 QUICK = [
