@@ -408,13 +408,7 @@ class Webhooks:
             delivery.id,
             delivery.attempt,
             exc_info=exc,
-            extra={
-                "delivery_id": delivery.id,
-                "event": delivery.event,
-                "key_prefix": delivery.key[:12],
-                "attempt": delivery.attempt,
-                "outcome": "handler_failed",
-            },
+            extra=_run_fields(delivery, "handler_failed"),
         )
         for hook in self._error_hooks():
             try:
@@ -1172,13 +1166,7 @@ def _failure_answer(
     if plan.op == "fail":
         error = result.error
         return error_response(HandlerFailed(f"handler raised {type(error).__name__}"))
-    fields = {
-        "delivery_id": delivery.id,
-        "event": delivery.event,
-        "key_prefix": delivery.key[:12],
-        "attempt": delivery.attempt,
-        "outcome": "failed_accepted",
-    }
+    fields = _run_fields(delivery, "failed_accepted")
     if detached:  # answered 202 already: the provider will not retry
         logger.warning(
             "handler for %s failed after the reply deadline (delivery %r); a runner retries "
@@ -1226,6 +1214,17 @@ def _fields(verified: Verified, outcome: str) -> dict[str, object]:
         "delivery_id": verified.delivery_id,
         "event": verified.event.event,
         "key_prefix": verified.entry.key[:12],
+        "outcome": outcome,
+    }
+
+
+def _run_fields(delivery: Delivery, outcome: str) -> dict[str, object]:
+    """The structured ``extra=`` fields of a log line about one run of a delivery."""
+    return {
+        "delivery_id": delivery.id,
+        "event": delivery.event,
+        "key_prefix": delivery.key[:12],
+        "attempt": delivery.attempt,
         "outcome": outcome,
     }
 
@@ -1317,13 +1316,7 @@ def _log_detached(made: Delivery | Callable[[], Delivery] | None) -> None:
         "they go on holding the lease",
         delivery.event,
         delivery.id,
-        extra={
-            "delivery_id": delivery.id,
-            "event": delivery.event,
-            "key_prefix": delivery.key[:12],
-            "attempt": delivery.attempt,
-            "outcome": "processing",
-        },
+        extra=_run_fields(delivery, "processing"),
     )
 
 
