@@ -260,13 +260,14 @@ GAPS = [
     "",
     "1. The default deadline's thread hop (the difference between the default row and "
     "`reply_deadline=None` above). A blocking call cannot be answered early from its own "
-    "thread, so a sync handler under a deadline runs in another thread: two wake-ups per "
-    "delivery. On this 2-vCPU virtual machine a wake-up whose CPU has gone idle waits for "
-    "the hypervisor to wake that vCPU, so the hop costs from about 10 µs (busy host) to "
-    "90 µs (idle host), more than the rest of the path. Pipes halve it on a busy host "
-    "against locks (Linux hands a pipe's reader over synchronously); nothing in Python "
-    "removes it. Where handlers are known to be quick, `reply_deadline=None` runs them "
-    "inline; under ASGI, async handlers need no hop.",
+    "thread, so a sync handler under a deadline runs in another thread: two wake-ups and "
+    "two context switches per delivery. On this 2-vCPU virtual machine a wake-up sent to "
+    "an idle vCPU waits for the hypervisor (75 to 200 µs a hop); the runner is therefore "
+    "woken on its waiter's own CPU (Linux), which the waiter leaves idle as it sleeps, and "
+    "the hop costs 10 to 20 µs of CPU whatever the load. Pipes beat locks here (Linux "
+    "hands a pipe's reader over synchronously). What remains is the two context switches; "
+    "nothing in Python removes them. Where handlers are known to be quick, "
+    "`reply_deadline=None` runs them inline; under ASGI, async handlers need no hop.",
     "2. The rest of the inline path: each remaining step costs well under a microsecond "
     "(the strict-JSON screen and key count, the SHA-256 key, three frozen dataclasses at "
     "about 0.6 µs each more than plain classes, the two ledger operations, the header "

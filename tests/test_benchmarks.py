@@ -62,3 +62,30 @@ def test_the_benchmark_command_runs_quickly_and_writes_its_outputs(tmp_path: Pat
         check=True,
     )
     assert again.stdout.strip() == "0"
+
+
+def test_hot_path_against_an_earlier_commit_reports_each_tree_in_one_run() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/hot_path.py",
+            "--against",
+            "HEAD",
+            "--rounds",
+            "1",
+            "--n",
+            "200",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    medians = [line.split() for line in lines if line.startswith("  ")]
+    names = [" ".join(row[:-2]) for row in medians]
+    assert names == ["HEAD default", "this tree default", "this tree inline"]
+    assert all(float(row[-2].rstrip("x")) > 0 for row in medians)
+    assert sum(line.startswith("this tree (") for line in lines) == 2

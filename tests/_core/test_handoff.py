@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 
 import pytest
 
+from gptimg_webhooks._core import handoff
 from gptimg_webhooks._core.handoff import Runners
 
 
@@ -97,4 +99,64 @@ def test_a_late_end_of_an_abandoned_call_does_not_end_the_next_wait_early() -> N
     release.set()
     assert second.result(timeout=5) == "slow"
     assert first.result(timeout=5) == "abandoned"
+    runners.close(wait=True)
+
+
+def _cpus() -> list[int]:
+    if handoff._current_cpu is None:
+        pytest.skip("this platform cannot move a thread to a CPU")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("one CPU: nowhere else a runner could wake")
+    return cpus
+
+
+def _waiting_on(cpu: int, runners: Runners, calls: int) -> list[tuple[int, set[int]]]:
+    """Make ``calls`` waited calls from a thread held to ``cpu``; where each one ran."""
+    assert handoff._current_cpu is not None
+    where = handoff._current_cpu
+    seen: list[tuple[int, set[int]]] = []
+
+    def waiter() -> None:
+        os.sched_setaffinity(0, {cpu})
+        for _ in range(calls):
+            seen.append(runners.call(5, lambda: (where(), os.sched_getaffinity(0))).result())
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    thread.join()
+    return seen
+
+
+def test_a_waited_call_runs_on_the_waiters_cpu_with_every_cpu_allowed() -> None:
+    cpus = _cpus()
+    runners = Runners(max_threads=1)
+    runners.submit(int).result(timeout=5)  # the runner exists, idle, started from here
+    calls = same = 0
+    for cpu in cpus[:2] * 3:
+        for ran_on, allowed in _waiting_on(cpu, runners, 20):
+            calls += 1
+            same += ran_on == cpu
+            # Held only to wake there: the call itself, and threads it starts, may move.
+            assert allowed == set(cpus)
+    runners.close(wait=True)
+    # Once awake a runner may be moved by the scheduler (a busy host), rarely so soon.
+    assert same >= 0.8 * calls, f"{same} of {calls} calls ran on their waiter's CPU"
+
+
+def test_runners_still_run_calls_where_threads_may_not_choose_a_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpus = _cpus()
+
+    def refused(pid: int, mask: object) -> None:
+        raise PermissionError("sched_setaffinity refused by the sandbox")
+
+    runners = Runners(max_threads=1)
+    runners.submit(int).result(timeout=5)
+    monkeypatch.setattr(os, "sched_setaffinity", refused)
+    ran = [runners.call(5, lambda: threading.get_native_id()).result() for _ in range(5)]
+    assert len(set(ran)) == 1 and ran[0] != threading.get_native_id()
+    monkeypatch.undo()
+    assert os.sched_getaffinity(0) == set(cpus)
     runners.close(wait=True)

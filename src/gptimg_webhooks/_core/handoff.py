@@ -36,6 +36,23 @@ T = TypeVar("T")
 #: Pipes and poll() wake threads cheaply; elsewhere (Windows) bare locks do.
 _PIPES = hasattr(select, "poll") and hasattr(os, "set_blocking")
 
+
+def _cpu_finder() -> Callable[[], int] | None:
+    """Return ``sched_getcpu`` where runners can follow their waiter's CPU, else None."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        import ctypes
+
+        getcpu: Callable[[], int] = ctypes.CDLL(None, use_errno=True).sched_getcpu
+        return getcpu if getcpu() >= 0 else None
+    except (AttributeError, OSError):  # no such call in this libc
+        return None
+
+
+#: The calling thread's CPU, where runners can be moved to it; else None.
+_current_cpu = _cpu_finder()
+
 #: This process's id, kept up to date by a fork hook: no system call per request.
 process = [os.getpid()]
 
@@ -144,10 +161,14 @@ _STOP: Any = object()
 class _Slot:
     """One runner thread's mailbox: a call, and how to wake the thread for it."""
 
-    __slots__ = ("go", "job", "read", "write")
+    __slots__ = ("go", "held", "home", "job", "read", "tid", "write")
 
     def __init__(self, job: _Job | None) -> None:
         self.job: Any = job
+        #: The runner thread's native id and CPU set, once it runs; whether it is held to one.
+        self.tid = 0
+        self.home: set[int] = set()
+        self.held = False
         if _PIPES:
             self.read, self.write = os.pipe()
         else:
@@ -170,6 +191,25 @@ class _Slot:
         if _PIPES:
             os.close(self.read)
             os.close(self.write)
+
+    def hold(self, cpu: int) -> None:
+        """Wake this slot's thread on ``cpu`` (its waiter's); it lets go once running."""
+        if not self.tid:  # not started yet: it starts where the scheduler puts it
+            return
+        try:
+            os.sched_setaffinity(self.tid, (cpu,))
+            self.held = True
+        except OSError:  # not allowed here (a sandbox): leave it to the scheduler for good
+            self.tid = 0
+
+    def let_go(self) -> None:
+        """From this slot's own thread: run anywhere again (threads it starts inherit it)."""
+        if self.held:
+            self.held = False
+            try:  # noqa: SIM105 - as above
+                os.sched_setaffinity(0, self.home)
+            except OSError:
+                pass
 
 
 class _Pool:
@@ -256,7 +296,9 @@ class Runners:
 
     def submit(self, func: Callable[..., T], *args: Any) -> Pending[T]:
         """Run ``func(*args)`` in a runner thread; return its :class:`Pending` result."""
-        return self._hand(Pending(), func, args)
+        pending: Pending[T] = Pending()
+        self._hand(pending, func, args)
+        return pending
 
     def call(self, timeout: float, func: Callable[..., T], *args: Any) -> Pending[T]:
         """Run ``func(*args)`` in a runner thread and wait for it up to ``timeout``.
@@ -272,7 +314,7 @@ class Runners:
             return pending
         ear = pending._ear = _ear()
         end = time.monotonic() + timeout
-        self._hand(pending, func, args)
+        self._hand(pending, func, args, _current_cpu)
         while not pending._finished:
             if not ear.poll.poll(math.ceil(max(0.0, end - time.monotonic()) * 1000)):
                 if time.monotonic() >= end:
@@ -285,17 +327,23 @@ class Runners:
         return pending
 
     def _hand(
-        self, pending: Pending[T], func: Callable[..., T], args: tuple[Any, ...]
-    ) -> Pending[T]:
+        self,
+        pending: Pending[T],
+        func: Callable[..., T],
+        args: tuple[Any, ...],
+        cpu: Callable[[], int] | None = None,
+    ) -> None:
+        """Hand the call to an idle runner, woken on the CPU ``cpu()`` gives if any."""
         pool = self._pool
         try:
             slot = pool.idle.pop()  # the common case: no shared lock at all
         except IndexError:
             pool.submit_slow((pending, func, args))
-            return pending
+            return
+        if cpu is not None:
+            slot.hold(cpu())
         slot.job = (pending, func, args)
         slot.wake()
-        return pending
 
     @property
     def _threads(self) -> list[threading.Thread]:
@@ -310,6 +358,9 @@ class Runners:
 
 
 def _serve(pool: _Pool, slot: _Slot) -> None:
+    if _current_cpu is not None:
+        slot.home = os.sched_getaffinity(0)
+        slot.tid = threading.get_native_id()
     job = slot.job
     slot.job = None
     try:
@@ -325,6 +376,7 @@ def _serve(pool: _Pool, slot: _Slot) -> None:
             if job is _STOP:
                 return
             slot.sleep()
+            slot.let_go()
             job = slot.job
             slot.job = None
     finally:
