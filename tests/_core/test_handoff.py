@@ -103,7 +103,7 @@ def test_a_late_end_of_an_abandoned_call_does_not_end_the_next_wait_early() -> N
 
 
 def _cpus() -> list[int]:
-    if handoff._current_cpu is None:
+    if handoff.cpu_finder() is None:
         pytest.skip("this platform cannot move a thread to a CPU")
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
@@ -113,8 +113,8 @@ def _cpus() -> list[int]:
 
 def _waiting_on(cpu: int, runners: Runners, calls: int) -> list[tuple[int, set[int]]]:
     """Make ``calls`` waited calls from a thread held to ``cpu``; where each one ran."""
-    assert handoff._current_cpu is not None
-    where = handoff._current_cpu
+    where = handoff.cpu_finder()
+    assert where is not None
     seen: list[tuple[int, set[int]]] = []
 
     def waiter() -> None:

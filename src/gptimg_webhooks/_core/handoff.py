@@ -37,8 +37,7 @@ T = TypeVar("T")
 _PIPES = hasattr(select, "poll") and hasattr(os, "set_blocking")
 
 
-def _cpu_finder() -> Callable[[], int] | None:
-    """Return ``sched_getcpu`` where runners can follow their waiter's CPU, else None."""
+def _find_getcpu() -> Callable[[], int] | None:
     if not hasattr(os, "sched_setaffinity"):
         return None
     try:
@@ -50,8 +49,15 @@ def _cpu_finder() -> Callable[[], int] | None:
         return None
 
 
-#: The calling thread's CPU, where runners can be moved to it; else None.
-_current_cpu = _cpu_finder()
+_getcpu: list[Callable[[], int] | None] = []
+
+
+def cpu_finder() -> Callable[[], int] | None:
+    """Return ``sched_getcpu`` where runners can follow their waiter's CPU, else None."""
+    if not _getcpu:  # looked up on first use: loading libc costs milliseconds at import
+        _getcpu.append(_find_getcpu())
+    return _getcpu[0]
+
 
 #: This process's id, kept up to date by a fork hook: no system call per request.
 process = [os.getpid()]
@@ -215,9 +221,11 @@ class _Slot:
 class _Pool:
     """The state the runner threads share; they never hold the :class:`Runners` itself."""
 
-    def __init__(self, max_threads: int, name: str) -> None:
+    def __init__(self, max_threads: int, name: str, cpu: Callable[[], int] | None) -> None:
         self.max_threads = max_threads
         self.name = name
+        #: Where waiters' CPUs can be found and followed (see the module's docstring).
+        self.cpu = cpu
         self.lock = threading.Lock()
         #: Runners waiting for a call; popped and appended whole (atomic in CPython).
         self.idle: list[_Slot] = []
@@ -289,7 +297,7 @@ class Runners:
     def __init__(self, max_threads: int = 64, name: str = "gptimg-webhooks-run") -> None:
         self.max_threads = max_threads
         self.name = name
-        self._pool = pool = _Pool(max_threads, name)
+        self._pool = pool = _Pool(max_threads, name, cpu_finder())
         _live.add(pool)
         # Collected without close(): its threads stop (they hold the pool, not this).
         weakref.finalize(self, pool.close)
@@ -314,7 +322,7 @@ class Runners:
             return pending
         ear = pending._ear = _ear()
         end = time.monotonic() + timeout
-        self._hand(pending, func, args, _current_cpu)
+        self._hand(pending, func, args, self._pool.cpu)
         while not pending._finished:
             if not ear.poll.poll(math.ceil(max(0.0, end - time.monotonic()) * 1000)):
                 if time.monotonic() >= end:
@@ -358,7 +366,7 @@ class Runners:
 
 
 def _serve(pool: _Pool, slot: _Slot) -> None:
-    if _current_cpu is not None:
+    if pool.cpu is not None:
         slot.home = os.sched_getaffinity(0)
         slot.tid = threading.get_native_id()
     job = slot.job
