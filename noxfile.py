@@ -4,7 +4,8 @@
 
     nox -l                          # list the sessions
     nox -s "newest-3.12"            # one session
-    nox -s "lowest-3.10"            # CI runs it (scripts/test, CI=true) on fewer tests
+    nox -s "lowest-3.10"            # CI runs it (scripts/test, CI=true) on fewer tests,
+                                    # and newest-3.12 on the core and ASGI tests
     nox -s "newest-3.12" -- tests/flask     # only these tests
 
 Sessions install with pip into fresh virtualenvs (nox's default backend) and run the quick,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gzip
 import json
 import logging
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -404,6 +406,47 @@ def test_async_handler_runs_under_the_sync_driver(hooks: Webhooks, body: bytes) 
 
     assert hooks.handle("POST", request(body), body).status == 200
     assert len(seen) == 1
+
+
+_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("_VAR", default="request's")
+
+
+def test_async_run_is_its_own_task_with_its_own_context(hooks: Webhooks, body: bytes) -> None:
+    seen: dict[str, object] = {}
+
+    @hooks.on("generation.succeeded")
+    async def handler(event: GenerationSucceeded) -> None:
+        # A handler's asyncio.timeout() cancels the task it runs in: never the request's.
+        seen["task"] = asyncio.current_task()
+        _VAR.set("handler's")
+
+    async def receive() -> None:
+        response = await hooks.handle_async("POST", request(body), body)
+        assert response.status == 200
+        seen["request"] = asyncio.current_task()
+        seen["value"] = _VAR.get()
+
+    asyncio.run(receive())
+    assert seen["task"] is not None and seen["task"] is not seen["request"]
+    assert seen["value"] == "request's"
+
+
+def test_async_run_that_never_waits_takes_no_turn_of_the_loop_where_tasks_start_eagerly(
+    hooks: Webhooks, body: bytes
+) -> None:
+    @hooks.on("generation.succeeded")
+    async def handler(event: GenerationSucceeded) -> None:
+        pass
+
+    async def receive() -> tuple[int, bool]:
+        turned = asyncio.Event()
+        asyncio.get_running_loop().call_soon(turned.set)
+        response = await hooks.handle_async("POST", request(body), body)
+        return response.status, turned.is_set()
+
+    # The memory ledger never waits either: from Python 3.12 (eager tasks) the whole answer
+    # takes no turn of the loop; before, the run's task waits for one.
+    assert asyncio.run(receive()) == (200, sys.version_info < (3, 12))
 
 
 def test_auto_disable_guard_answers_2xx_before_the_provider_limit(

@@ -16,12 +16,12 @@ import os
 import re
 import time
 from _thread import allocate_lock
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import strictjson
 from .accounts import Account, AccountResolver, Accounts, Endpoint, UnknownEndpoint
@@ -761,9 +761,7 @@ class Webhooks:
                 return await self._arun_and_settle(verified.event, delivery, claim.token, None)
             handoff = _Handoff()
             handoff.arm(delivery)
-            task = asyncio.ensure_future(
-                self._arun_and_settle(verified.event, delivery, claim.token, handoff)
-            )
+            task = _start(self._arun_and_settle(verified.event, delivery, claim.token, handoff))
             return await _awithin(task, handoff, started, self.reply_deadline, self)
         except Exception as exc:
             return _internal(verified.delivery_id, exc)
@@ -1097,6 +1095,8 @@ async def _awithin(
     hooks: Webhooks,
 ) -> Response:
     """Async twin of :func:`_within`."""
+    if future.done():  # it never waited (see _start): no wait, no turn of the loop
+        return future.result()
     remaining = max(0.0, deadline - (time.monotonic() - started))
     # asyncio.wait never cancels the run (no shield needed) and costs one timer, where
     # wait_for(shield()) costs two more futures per request.
@@ -1111,6 +1111,19 @@ async def _awithin(
         _log_detached(handoff.delivery)
         return RUNNING
     return await future
+
+
+#: Python 3.12+: a run's task takes its first step at once, in its own context and as
+#: the current task, so a run that never waits is over before the request waits for it.
+_eager = getattr(asyncio, "eager_task_factory", None)
+
+
+def _start(coro: Coroutine[Any, Any, Response]) -> asyncio.Task[Response]:
+    """Start a run as a task, eagerly where the loop can."""
+    if _eager is None:
+        return asyncio.ensure_future(coro)
+    task: asyncio.Task[Response] = _eager(asyncio.get_running_loop(), coro)
+    return task
 
 
 def _claim_answer(claim: Claim, deferred: bool) -> Response | None:
