@@ -284,12 +284,13 @@ GAPS = [
     "hop on every request, and on a loaded CPU each wake-up of the runner thread waits for "
     "the scheduler: `reply_deadline=None` removes it (the in-process rows above show the "
     "hop's share).",
-    "6. Deferred mode on SQLite: the worker runs the handlers inside the store's write "
-    "transaction (handlers and the done mark commit together), so a new delivery's enqueue "
-    "waits behind a 1 s handler for the write lock: the answer's p99 is the handler's time. "
-    "Closing it needs the SQLite store to keep the write lock only for the done mark when "
-    "no handler uses `delivery.transaction` (stores/sqlite.py, outside this change). On the "
-    "memory ledger the answers share one CPU with the worker's 16 threads.",
+    "6. Deferred mode: every answer is one enqueue, yet before this change an SQLite "
+    "enqueue waited for a thread of asyncio's default executor (6 on 2 CPUs), all busy "
+    "with the worker's handlers sleeping 1 s, so the answer's p99 was the handler's time. "
+    "Handlers now run in the receiver's own threads (`run_threads`, up to 64), leaving "
+    "the default executor to the ledger's calls, which also lets a worker run as many "
+    "sync handlers at once as its `concurrency`. What remains is one CPU shared by the "
+    "event loop, the ledger's calls and the worker's handlers.",
     "7. Ledger size: the memory ledger's dict lookup is O(1); its growth is cache misses "
     "over a heap of a million rows (disabling the garbage collector changed nothing at "
     "300k records). SQLite's random SHA-256 keys put each insert on a random B-tree page "

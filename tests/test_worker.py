@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -226,6 +227,26 @@ def test_worker_processes_at_most_concurrency_at_once(tmp_path: Path) -> None:
     assert len(outcomes) == 12
     assert {o.status for o in outcomes} == {"processed"}
     assert 1 < peak[0] <= 3
+
+
+def _default_executor_threads() -> int:
+    """How many threads ``asyncio.to_thread`` has on this host (asyncio's own default)."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def test_worker_runs_as_many_sync_handlers_at_once_as_its_concurrency(tmp_path: Path) -> None:
+    # More than asyncio's default executor holds: they must not queue behind each other.
+    concurrency = _default_executor_threads() + 2
+    hooks = Webhooks(
+        SECRET, store=SQLiteStore(str(tmp_path / "c.db")), mode="deferred", include_shared=False
+    )
+    together = threading.Barrier(concurrency, timeout=10)
+    hooks.on("generation.succeeded")(lambda event: together.wait())
+    for i in range(concurrency):
+        post(hooks, payload(f"gen_t{i}"))
+    outcomes = drain(Worker(hooks, concurrency=concurrency, poll_interval=0.01))
+    assert [o.status for o in outcomes] == ["processed"] * concurrency
+    hooks.close()
 
 
 def test_stop_lets_the_running_handler_finish_and_leases_no_more(tmp_path: Path) -> None:

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextvars
+import multiprocessing
 import os
 import threading
+import time
 
 import pytest
 
 from gptimg_webhooks._core import handoff
-from gptimg_webhooks._core.handoff import Runners
+from gptimg_webhooks._core.handoff import Runners, Threads
 
 
 def test_a_call_runs_in_another_thread_and_returns_its_value() -> None:
@@ -160,3 +164,53 @@ def test_runners_still_run_calls_where_threads_may_not_choose_a_cpu(
     monkeypatch.undo()
     assert os.sched_getaffinity(0) == set(cpus)
     runners.close(wait=True)
+
+
+_WHO: contextvars.ContextVar[str] = contextvars.ContextVar("_WHO", default="nobody")
+
+
+def test_threads_run_calls_in_their_own_named_threads_in_the_callers_context() -> None:
+    threads = Threads(2, "test-threads")
+
+    def where() -> tuple[str, str]:
+        return threading.current_thread().name, _WHO.get()
+
+    async def call() -> tuple[str, str]:
+        _WHO.set("the caller")
+        return await threads.run(where)
+
+    name, who = asyncio.run(call())
+    threads.close()
+    assert name.startswith("test-threads") and who == "the caller"
+
+
+def test_threads_cap_how_many_calls_run_at_once() -> None:
+    threads = Threads(3, "test-threads")
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def busy() -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+
+    async def many() -> None:
+        await asyncio.gather(*(threads.run(busy) for _ in range(9)))
+
+    asyncio.run(many())
+    threads.close()
+    assert 1 < peak[0] <= 3
+
+
+def test_threads_start_afresh_in_a_forked_child() -> None:
+    threads = Threads(2, "test-threads")
+    assert asyncio.run(threads.run(os.getpid)) == os.getpid()  # started in the parent
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=lambda: out.put(asyncio.run(threads.run(os.getpid))))
+    child.start()
+    child.join(20)
+    assert child.exitcode == 0 and out.get(timeout=5) == child.pid
+    threads.close()

@@ -7,8 +7,10 @@ import contextvars
 import gzip
 import json
 import logging
+import os
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,7 @@ from gptimg_webhooks import (
     on,
     shared_registry,
 )
+from gptimg_webhooks._core.handoff import Threads
 from gptimg_webhooks.stores import State
 from gptimg_webhooks.stores.memory import MemoryStore
 from gptimg_webhooks.stores.sqlite import SQLiteStore
@@ -354,19 +357,32 @@ class CountingExecutor(ThreadPoolExecutor):
 
 
 def hops_and_loop_thread(hooks: Webhooks, body: bytes, seen: list[int]) -> tuple[int, int]:
-    """Answer one delivery under asyncio; return the thread hops it took and the loop's thread."""
+    """Answer one delivery under asyncio; return the thread hops it took and the loop's thread.
+
+    Hops are counted through the loop's default executor and the library's own threads.
+    """
     warm_up = payload("gen_warm_up")  # takes the first request's ledger prune out of the count
     assert hooks.handle("POST", request(warm_up), warm_up).status == 200
     seen.clear()
     executor = CountingExecutor()
+    own = [0]
+    submit = Threads.submit
+
+    def counted(threads: Threads, func: Callable[..., Any], *args: Any) -> Any:
+        own[0] += 1
+        return submit(threads, func, *args)
 
     async def main() -> int:
         asyncio.get_running_loop().set_default_executor(executor)
         assert (await hooks.handle_async("POST", request(body), body)).status == 200
         return threading.get_ident()
 
-    loop_thread = asyncio.run(main())
-    return executor.hops, loop_thread
+    Threads.submit = counted  # type: ignore[method-assign]
+    try:
+        loop_thread = asyncio.run(main())
+    finally:
+        Threads.submit = submit  # type: ignore[method-assign]
+    return executor.hops + own[0], loop_thread
 
 
 def test_thread_bound_ledger_and_sync_handlers_share_one_thread_hop(
@@ -447,6 +463,58 @@ def test_async_run_that_never_waits_takes_no_turn_of_the_loop_where_tasks_start_
     # The memory ledger never waits either: from Python 3.12 (eager tasks) the whole answer
     # takes no turn of the loop; before, the run's task waits for one.
     assert asyncio.run(receive()) == (200, sys.version_info < (3, 12))
+
+
+def test_ledger_calls_are_answered_while_sync_handlers_block_many_threads(
+    tmp_path: Any, body: bytes
+) -> None:
+    # A blocking ledger (SQLite) and an async handler: the claim is a ledger call in a
+    # thread. Sync handlers blocking more threads than asyncio's default executor has
+    # must not hold it up.
+    blocked = min(32, (os.cpu_count() or 1) + 4) + 2
+    hooks = Webhooks(
+        SECRET,
+        store=SQLiteStore(str(tmp_path / "l.sqlite3")),
+        include_shared=False,
+        reply_deadline=0.2,
+    )
+    release, lock = threading.Event(), threading.Lock()
+    running = [0]
+
+    @hooks.on("generation.succeeded")
+    async def noted(event: GenerationSucceeded) -> None:
+        pass
+
+    @hooks.on("generation.succeeded")
+    def blocking(event: GenerationSucceeded) -> None:
+        with lock:
+            running[0] += 1
+        release.wait(30)
+
+    async def scenario() -> tuple[list[int], int, float]:
+        firsts = [
+            hooks.handle_async("POST", request(b), b)
+            for b in (payload(f"gen_block{i}") for i in range(blocked))
+        ]
+        answers = await asyncio.gather(*firsts)  # answered at the deadline, still running
+        waited = time.monotonic() + 10
+        while running[0] < blocked:  # polled on the loop: no thread to wait in
+            assert time.monotonic() < waited, f"{running[0]} of {blocked} handlers started"
+            await asyncio.sleep(0.01)
+        begun = time.monotonic()
+        again = await hooks.handle_async("POST", request(body), body)
+        took = time.monotonic() - begun
+        release.set()
+        return [a.status for a in answers], again.status, took
+
+    try:
+        statuses, status, took = asyncio.run(scenario())
+    finally:
+        release.set()
+        hooks.close()
+    assert statuses == [202] * blocked
+    assert status == 202  # its sync handler blocks too: the deadline answers it
+    assert took < 2.0, f"a claim waited {took:.1f} s behind blocked handlers"
 
 
 def test_auto_disable_guard_answers_2xx_before_the_provider_limit(

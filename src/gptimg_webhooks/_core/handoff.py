@@ -17,7 +17,9 @@ late one from a call the thread stopped waiting for is harmless.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextvars
 import math
 import os
 import select
@@ -27,9 +29,10 @@ import weakref
 from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Pending", "Runners"]
+__all__ = ["Pending", "Runners", "Threads"]
 
 T = TypeVar("T")
 
@@ -285,6 +288,8 @@ class _Pool:
 
 #: Every pool with runner threads, for the exit hook and the fork hook.
 _live: weakref.WeakSet[_Pool] = weakref.WeakSet()
+#: Every :class:`Threads`, for the fork hook.
+_live_threads: weakref.WeakSet[Threads] = weakref.WeakSet()
 
 
 class Runners:
@@ -365,6 +370,53 @@ class Runners:
                 thread.join()
 
 
+class Threads:
+    """Threads of their own for blocking user code awaited from async code.
+
+    ``asyncio.to_thread`` shares the loop's default executor, ``min(32, CPUs + 4)``
+    threads, with everything else in the process: with handlers that block for seconds
+    in it, a ledger's call (SQLite's, Django's) queues behind them and answers late, and a
+    worker told to run 16 handlers at once runs six on a 2-CPU host. The threads start on
+    first use (again in a forked child), and each call runs in a copy of the caller's
+    context, as with ``to_thread``.
+    """
+
+    def __init__(self, max_threads: int, name: str) -> None:
+        self.max_threads = max_threads
+        self.name = name
+        self._forget()
+        _live_threads.add(self)
+
+    def _forget(self) -> None:
+        """Start afresh (and in a forked child, where the parent's threads do not exist)."""
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # loops in several threads may start it together
+
+    def submit(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Start ``func(*args)`` in one of the threads; return an awaitable future."""
+        executor = self._executor or self._start()
+        call = partial(contextvars.copy_context().run, func, *args)
+        return asyncio.get_running_loop().run_in_executor(executor, call)
+
+    def _start(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    self.max_threads, thread_name_prefix=self.name
+                )
+            return self._executor
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func(*args)`` in one of the threads and return its result."""
+        return await self.submit(func, *args)
+
+    def close(self) -> None:
+        """Let the threads end once their calls have run."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+
 def _serve(pool: _Pool, slot: _Slot) -> None:
     if pool.cpu is not None:
         slot.home = os.sched_getaffinity(0)
@@ -401,6 +453,8 @@ def _after_fork() -> None:
     process[0] = os.getpid()
     for pool in list(_live):
         pool.forget()
+    for threads in list(_live_threads):
+        threads._forget()
 
 
 # threading's own hook runs before the interpreter joins non-daemon threads (the one

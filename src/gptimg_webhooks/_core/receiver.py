@@ -36,7 +36,7 @@ from .errors import (
 )
 from .events import Event, GenerationFailed, GenerationSucceeded, parse_event
 from .handlers import Delivery, HandlerSpec, Registry
-from .handoff import Runners
+from .handoff import Runners, Threads
 from .ledger import (
     GATE,
     NUDGE,
@@ -303,6 +303,10 @@ class Webhooks:
         self._limits_cache: dict[Endpoint, Limits] = {}
         self._default_limits: Limits | None = None
         self._pool: Runners | None = None
+        #: Where async code runs blocking user code (sync handlers, error hooks, whole
+        #: runs): up to 64 at once, never in the loop's default executor, where the
+        #: ledger's calls would queue behind them.
+        self.run_threads = Threads(64, "gptimg-webhooks-run")
         self._background: set[asyncio.Future[Response]] = set()
 
     def __repr__(self) -> str:
@@ -738,10 +742,9 @@ class Webhooks:
         ):
             # A blocking ledger and sync handlers: the rest costs one thread hop.
             if self.reply_deadline is None:
-                return await asyncio.to_thread(self._pooled, verified, None)
+                return await self.run_threads.run(self._pooled, verified, None)
             handoff = _Handoff()
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(None, self._pooled, verified, handoff)
+            future = self.run_threads.submit(self._pooled, verified, handoff)
             return await _awithin(future, handoff, started, self.reply_deadline, self)
         try:
             try:
@@ -771,7 +774,7 @@ class Webhooks:
     ) -> Response:
         if self.reconcile is not None and _terminal_generation(event) is not None:
             # The gate costs a round trip only with reconciliation on: keep it simple.
-            return await asyncio.to_thread(
+            return await self.run_threads.run(
                 self._run_and_settle, event, delivery, delivery.key, token, handoff
             )
         with self._running(delivery, "inline") as run:
@@ -832,7 +835,9 @@ class Webhooks:
     ) -> str:
         """Async twin of :meth:`run_record` (workers)."""
         if self.reconcile is not None:  # gates and polls are blocking calls: one thread hop
-            return await asyncio.to_thread(self.run_record, record, claim, backoff=backoff)
+            return await self.run_threads.run(
+                partial(self.run_record, backoff=backoff), record, claim
+            )
         event = await asyncio.to_thread(_stored_event, self, record, claim)
         if event is None:
             return "dead"
@@ -1068,6 +1073,7 @@ class Webhooks:
         if self._pool is not None:
             self._pool.close(wait=False)
             self._pool = None
+        self.run_threads.close()
         self.store.close()
 
 

@@ -209,7 +209,7 @@ async def aexecute(
     if store.transactional and not (store.async_transactions and all_async):
         # A thread-bound transaction (Django's), or sync handlers that need a sync
         # connection as delivery.transaction: handlers and the mark share one thread.
-        return await asyncio.to_thread(
+        return await hooks.run_threads.run(
             _execute_in_thread, hooks, event, delivery, token, also, answered
         )
     phase = _OPEN
@@ -218,7 +218,7 @@ async def aexecute(
             async with store.atransaction() as tx:
                 phase = _HANDLERS
                 run = delivery if tx is None else replace(delivery, transaction=tx)
-                await _acall(handlers, event, run)
+                await _acall(hooks, handlers, event, run)
                 if tx is not None:
                     store.check_transaction(tx)
                 phase = _MARK
@@ -232,10 +232,10 @@ async def aexecute(
         except StoreUnavailable as exc:
             if phase != _HANDLERS:
                 return _outage(hooks, key, token, phase, exc, answered)
-            await asyncio.to_thread(hooks.report, exc, event, delivery)
+            await hooks.run_threads.run(hooks.report, exc, event, delivery)
             return Result("failed", exc)
         except Exception as exc:
-            await asyncio.to_thread(hooks.report, exc, event, delivery)
+            await hooks.run_threads.run(hooks.report, exc, event, delivery)
             return Result("failed", exc)
     return _PROCESSED if handlers else _IGNORED
 
@@ -258,14 +258,16 @@ def _execute_in_thread(
         hooks.store.close_thread()
 
 
-async def _acall(handlers: tuple[HandlerSpec, ...], event: Event, delivery: Delivery) -> None:
+async def _acall(
+    hooks: Webhooks, handlers: tuple[HandlerSpec, ...], event: Event, delivery: Delivery
+) -> None:
     for func, wants_delivery, is_async in handlers:
         args = (event, delivery) if wants_delivery else (event,)
         if is_async:
             await func(*args)
         else:
             # A sync handler may block; keep it off the event loop.
-            result = await asyncio.to_thread(func, *args)
+            result = await hooks.run_threads.run(func, *args)
             if asyncio.iscoroutine(result):
                 await result
 
