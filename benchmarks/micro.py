@@ -322,6 +322,85 @@ def handler_counts(quick: bool) -> dict[str, Any]:
     return {name: {"us": summary(v)} for name, v in samples.items()}
 
 
+#: The twin of the ASGI pair in process (the base of its ratios).
+ASGI_TWIN = "twin Starlette route, async handler"
+
+
+def _asgi(app: Any) -> Variant:
+    """Drive an ASGI app in process, one request after another on one event loop."""
+    import asyncio
+
+    async def receive_all(batch: Batch) -> None:
+        for payload, head in batch:
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": "/hooks/gptimg",
+                "raw_path": b"/hooks/gptimg",
+                "query_string": b"",
+                "root_path": "",
+                "headers": head,
+                "client": ("127.0.0.1", 50000),
+                "server": ("127.0.0.1", 8000),
+            }
+            messages = [{"type": "http.request", "body": payload, "more_body": False}]
+
+            async def receive(messages: list[dict[str, Any]] = messages) -> dict[str, Any]:
+                return messages.pop() if messages else {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start" and message["status"] != 200:
+                    raise RuntimeError(f"the app answered {message['status']}")
+
+            await app(scope, receive, send)
+
+    def prepare(n: int, r: int) -> Batch:
+        return _signed(n, f"asgi{id(app)}r{r}i")
+
+    def run(batch: Batch) -> None:
+        asyncio.run(receive_all(batch))
+
+    return prepare, run
+
+
+def asgi_apps(quick: bool) -> dict[str, Any]:
+    """The ASGI pair of the HTTP suite (async handler, memory ledger) without the server.
+
+    What is left is the app's own cost per request: the twin parses Starlette's
+    ``Request`` and routes; the library's middleware verifies, records, parses and runs.
+    """
+    from . import apps
+
+    def build(make: Callable[[], Any], **env: str) -> Any:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return make()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    variants = {
+        "library ASGI app, async handler (default)": _asgi(
+            build(apps.library_starlette, BENCH_HANDLER="async")
+        ),
+        "library ASGI app, async handler, reply_deadline=None": _asgi(
+            build(apps.library_starlette, BENCH_HANDLER="async", BENCH_DEADLINE="none")
+        ),
+        ASGI_TWIN: _asgi(build(apps.twin_starlette, BENCH_HANDLER="async")),
+    }
+    for _, (prepare, run) in variants.items():
+        run(prepare(200, -1))
+    samples = interleave(variants, 1000 if quick else 3000, 3 if quick else 9)
+    return _figures(samples, ASGI_TWIN)
+
+
 def profile(quick: bool, top: int = 14) -> dict[str, Any]:
     """Where the full path's time goes: cProfile of the library, own time per function."""
     import cProfile

@@ -263,11 +263,12 @@ GAPS = [
     "thread, so a sync handler under a deadline runs in another thread: two wake-ups and "
     "two context switches per delivery. On this 2-vCPU virtual machine a wake-up sent to "
     "an idle vCPU waits for the hypervisor (75 to 200 µs a hop); the runner is therefore "
-    "woken on its waiter's own CPU (Linux), which the waiter leaves idle as it sleeps, and "
-    "the hop costs 10 to 20 µs of CPU whatever the load. Pipes beat locks here (Linux "
-    "hands a pipe's reader over synchronously). What remains is the two context switches; "
-    "nothing in Python removes them. Where handlers are known to be quick, "
-    "`reply_deadline=None` runs them inline; under ASGI, async handlers need no hop.",
+    "woken on its waiter's own CPU (Linux), which the waiter leaves idle as it sleeps, "
+    "and the hop costs 10 to 20 µs alone, whatever the load (more in the full path, "
+    "above). Pipes beat locks here (Linux hands a pipe's reader over synchronously). What"
+    " remains is the two context switches; nothing in Python removes them. Where handlers"
+    " are known to be quick, `reply_deadline=None` runs them inline; under ASGI, async "
+    "handlers need no hop.",
     "2. The rest of the inline path: each remaining step costs well under a microsecond "
     "(the strict-JSON screen and key count, the SHA-256 key, three frozen dataclasses at "
     "about 0.6 µs each more than plain classes, the two ledger operations, the header "
@@ -413,6 +414,23 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
                 f"{_fmt_us(entry[FLOOR]['us'])} | "
                 f"{entry['library']['vs hand-written']['median']:.2f} |"
             )
+    asgi = _get(results, "micro", "asgi")
+    if asgi:
+        twin = next(name for name in asgi if name.startswith("twin"))
+        out += [
+            "",
+            "## The ASGI app in process",
+            "",
+            "The ASGI pair of the HTTP suite (memory ledger, async handler) driven in process on "
+            "one event loop, without a server: the app's own cost per request. "
+            f"Python {results['meta'].get('python', '')}; from Python 3.12 a run that never "
+            "waits starts as an eager task and takes no turn of the loop.",
+            "",
+            "| app | µs per request | x twin |",
+            "|---|---|---|",
+        ]
+        for name, entry in asgi.items():
+            out.append(f"| {name} | {_fmt_us(entry['us'])} | {entry['vs ' + twin]['median']:.2f} |")
     handlers = _get(results, "micro", "handlers")
     if handlers:
         out += [

@@ -84,6 +84,13 @@ def main(argv: list[str] | None = None) -> None:
         results["micro"]["body_size"] = micro.body_sizes(args.quick)
         print("micro: cost against the number of handlers")
         results["micro"]["handlers"] = micro.handler_counts(args.quick)
+        print("micro: the ASGI app in process, beside its twin")
+        results["micro"]["asgi"] = micro.asgi_apps(args.quick)
+        for name, figures in results["micro"]["asgi"].items():
+            print(
+                f"  {name:52} {figures['us']['median']:8.2f} us  "
+                f"{figures['vs ' + micro.ASGI_TWIN]['median']:5.2f}x the twin"
+            )
         print("micro: where the full path's time goes (cProfile)")
         results["micro"]["profile"] = micro.profile(args.quick)
     if "ledgers" in only:

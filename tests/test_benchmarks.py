@@ -45,6 +45,8 @@ def test_the_benchmark_command_runs_quickly_and_writes_its_outputs(tmp_path: Pat
     page = (docs / "benchmarks.md").read_text()
     assert "## Targets" in page
     assert "## One delivery in process" in page
+    assert "## The ASGI app in process" in page
+    assert all(entry["us"]["median"] > 0 for entry in results["micro"]["asgi"].values())
     for name in ("in_process.png", "body_size.png", "ledger_size.png"):
         assert (docs / "benchmarks" / name).stat().st_size > 1000
     # Comparing a run with itself flags nothing.
