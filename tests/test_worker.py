@@ -18,6 +18,7 @@ from gptimg_webhooks._core.runner import Backoff
 from gptimg_webhooks.stores.memory import MemoryStore
 from gptimg_webhooks.stores.sqlite import SQLiteStore
 from gptimg_webhooks.worker import Outcome, Worker
+from tests.support.concurrency import Peak
 from tests.support.contract import payload
 
 SECRET = "whsec_worker_tests_0123456789abcdef"
@@ -209,16 +210,11 @@ def test_worker_processes_at_most_concurrency_at_once(tmp_path: Path) -> None:
     hooks = Webhooks(
         SECRET, store=SQLiteStore(str(tmp_path / "c.db")), mode="deferred", include_shared=False
     )
-    lock = threading.Lock()
-    active, peak = [0], [0]
+    peak = Peak()
 
     def handler(event: Event) -> None:
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.05)
-        with lock:
-            active[0] -= 1
+        with peak.inside():
+            time.sleep(0.05)
 
     hooks.on("generation.succeeded")(handler)
     for i in range(12):
@@ -226,7 +222,7 @@ def test_worker_processes_at_most_concurrency_at_once(tmp_path: Path) -> None:
     outcomes = drain(Worker(hooks, concurrency=3, poll_interval=0.01))
     assert len(outcomes) == 12
     assert {o.status for o in outcomes} == {"processed"}
-    assert 1 < peak[0] <= 3
+    assert 1 < peak.most <= 3
 
 
 def _default_executor_threads() -> int:

@@ -12,6 +12,7 @@ import pytest
 
 from gptimg_webhooks._core import handoff
 from gptimg_webhooks._core.handoff import Runners, Threads
+from tests.support.concurrency import Peak
 
 
 def test_a_call_runs_in_another_thread_and_returns_its_value() -> None:
@@ -186,22 +187,18 @@ def test_threads_run_calls_in_their_own_named_threads_in_the_callers_context() -
 
 def test_threads_cap_how_many_calls_run_at_once() -> None:
     threads = Threads(3, "test-threads")
-    lock, running, peak = threading.Lock(), [0], [0]
+    peak = Peak()
 
     def busy() -> None:
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        time.sleep(0.05)
-        with lock:
-            running[0] -= 1
+        with peak.inside():
+            time.sleep(0.05)
 
     async def many() -> None:
         await asyncio.gather(*(threads.run(busy) for _ in range(9)))
 
     asyncio.run(many())
     threads.close()
-    assert 1 < peak[0] <= 3
+    assert 1 < peak.most <= 3
 
 
 def test_threads_start_afresh_in_a_forked_child() -> None:
