@@ -201,6 +201,8 @@ def test_threads_cap_how_many_calls_run_at_once() -> None:
     assert 1 < peak.most <= 3
 
 
+# Forking with threads alive is the point (Python 3.12 warns about it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_threads_start_afresh_in_a_forked_child() -> None:
     threads = Threads(2, "test-threads")
     assert asyncio.run(threads.run(os.getpid)) == os.getpid()  # started in the parent
