@@ -29,7 +29,7 @@ import weakref
 from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from typing import Any, Generic, TypeVar
 
 __all__ = ["Pending", "Runners", "Threads"]
@@ -40,7 +40,9 @@ T = TypeVar("T")
 _PIPES = hasattr(select, "poll") and hasattr(os, "set_blocking")
 
 
-def _find_getcpu() -> Callable[[], int] | None:
+@cache  # looked up on first use: loading libc costs milliseconds at import
+def cpu_finder() -> Callable[[], int] | None:
+    """Return ``sched_getcpu`` where runners can follow their waiter's CPU, else None."""
     if not hasattr(os, "sched_setaffinity"):
         return None
     try:
@@ -50,16 +52,6 @@ def _find_getcpu() -> Callable[[], int] | None:
         return getcpu if getcpu() >= 0 else None
     except (AttributeError, OSError):  # no such call in this libc
         return None
-
-
-_getcpu: list[Callable[[], int] | None] = []
-
-
-def cpu_finder() -> Callable[[], int] | None:
-    """Return ``sched_getcpu`` where runners can follow their waiter's CPU, else None."""
-    if not _getcpu:  # looked up on first use: loading libc costs milliseconds at import
-        _getcpu.append(_find_getcpu())
-    return _getcpu[0]
 
 
 #: This process's id, kept up to date by a fork hook: no system call per request.
