@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # Run as a script, Python puts benchmarks/ first on the path, where http.py would
+    # shadow the standard library's http (and with it httpx, svix and Starlette).
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
     if any(arg.startswith("--against") for arg in sys.argv[1:]):
         from benchmarks.against import main as against
 

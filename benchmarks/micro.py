@@ -395,6 +395,90 @@ def asgi_apps(quick: bool) -> dict[str, Any]:
     return _figures(samples, ASGI_TWIN)
 
 
+# The reply deadline's thread hop ----------------------------------------------------------
+
+#: The library's hop (the base of the hop section's ratios).
+HOP = "library: Runners.call of a no-op"
+
+
+def _library_hop() -> Variant:
+    from gptimg_webhooks._core.handoff import Runners
+
+    runners = Runners(max_threads=1, name="bench-hop")
+
+    def prepare(n: int, r: int) -> Batch:
+        return [None] * n
+
+    def run(batch: Batch) -> None:
+        call = runners.call
+        for _ in batch:
+            call(DEFAULT_REPLY_DEADLINE, _noop, None).result()
+
+    return prepare, run
+
+
+def _bare_hop(follow_cpu: bool) -> Variant:
+    """Two threads and two pipes, nothing else: the least a hop can cost here.
+
+    With ``follow_cpu`` the runner is woken on the waiter's CPU and lets go once awake,
+    as the library's runners do (two ``sched_setaffinity`` calls per hop).
+    """
+    import ctypes
+    import select
+    import threading
+
+    getcpu = ctypes.CDLL(None).sched_getcpu
+    go_read, go_write = os.pipe()
+    done_read, done_write = os.pipe()
+    os.set_blocking(done_read, False)
+    poll = select.poll()
+    poll.register(done_read, select.POLLIN)
+    home = os.sched_getaffinity(0)
+    started = threading.Event()
+    tid: list[int] = []
+
+    def serve() -> None:
+        tid.append(threading.get_native_id())
+        started.set()
+        while True:
+            os.read(go_read, 1)
+            if follow_cpu:
+                os.sched_setaffinity(0, home)
+            os.write(done_write, b"\0")
+
+    threading.Thread(target=serve, daemon=True).start()
+    started.wait()
+    timeout = int(DEFAULT_REPLY_DEADLINE * 1000)
+
+    def prepare(n: int, r: int) -> Batch:
+        return [None] * n
+
+    def run(batch: Batch) -> None:
+        for _ in batch:
+            if follow_cpu:
+                os.sched_setaffinity(tid[0], (getcpu(),))
+            os.write(go_write, b"\0")
+            poll.poll(timeout)
+            os.read(done_read, 64)
+
+    return prepare, run
+
+
+def hop(quick: bool) -> dict[str, Any] | None:
+    """The sync reply deadline's thread hop: the library's against two bare threads."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    variants = {
+        HOP: _library_hop(),
+        "bare: two threads and two pipes, runner woken on the waiter's CPU": _bare_hop(True),
+        "bare: two threads and two pipes, left to the scheduler": _bare_hop(False),
+    }
+    for _, (prepare, run) in variants.items():
+        run(prepare(500, -1))
+    samples = interleave(variants, 3000 if quick else 10000, 5 if quick else 9)
+    return _figures(samples, HOP)
+
+
 def profile(quick: bool, top: int = 14) -> dict[str, Any]:
     """Where the full path's time goes: cProfile of the library, own time per function."""
     import cProfile

@@ -265,10 +265,12 @@ GAPS = [
     "an idle vCPU waits for the hypervisor (75 to 200 µs a hop); the runner is therefore "
     "woken on its waiter's own CPU (Linux), which the waiter leaves idle as it sleeps, "
     "and the hop costs 10 to 20 µs alone, whatever the load (more in the full path, "
-    "above). Pipes beat locks here (Linux hands a pipe's reader over synchronously). What"
-    " remains is the two context switches; nothing in Python removes them. Where handlers"
-    " are known to be quick, `reply_deadline=None` runs them inline; under ASGI, async "
-    "handlers need no hop.",
+    "above). Pipes beat locks here (Linux hands a pipe's reader over synchronously). "
+    "\"The reply deadline's thread hop\" below measures the library's hop beside two bare "
+    "threads that do nothing else: the library is within a few µs of that floor, and the "
+    "floor itself (the two context switches and the two affinity calls) is what no code "
+    "inside Python removes. Where handlers are known to be quick, `reply_deadline=None` "
+    "runs them inline; under ASGI, async handlers need no hop.",
     "2. The rest of the inline path: each remaining step costs well under a microsecond "
     "(the strict-JSON screen and key count, the SHA-256 key, three frozen dataclasses at "
     "about 0.6 µs each more than plain classes, the two ledger operations, the header "
@@ -431,6 +433,28 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
         ]
         for name, entry in asgi.items():
             out.append(f"| {name} | {_fmt_us(entry['us'])} | {entry['vs ' + twin]['median']:.2f} |")
+    hop = _get(results, "micro", "hop")
+    if hop:
+        base = next(name for name in hop if name.startswith("library"))
+        out += [
+            "",
+            "## The reply deadline's thread hop",
+            "",
+            "Under a reply deadline a sync run goes to a runner thread while the request "
+            "thread waits, at most until the deadline: a blocking call cannot be answered from "
+            "its own thread. The bare pair below is the least such a hop costs on this "
+            "machine: two threads, a pipe each way, nothing else. Left to the scheduler, the "
+            "runner wakes on the other, idle vCPU and waits for the hypervisor; woken on the "
+            "waiter's CPU (and let go once awake, as the library's runners are) it costs the "
+            "two context switches and two `sched_setaffinity` calls. This is what "
+            "`reply_deadline=None` saves per delivery, and the part of the default path that "
+            "no change inside one thread can remove.",
+            "",
+            f"| hop | µs | x {base} |",
+            "|---|---|---|",
+        ]
+        for name, entry in hop.items():
+            out.append(f"| {name} | {_fmt_us(entry['us'])} | {entry['vs ' + base]['median']:.2f} |")
     handlers = _get(results, "micro", "handlers")
     if handlers:
         out += [

@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"  {name:52} {figures['us']['median']:8.2f} us  "
                 f"{figures['vs ' + micro.ASGI_TWIN]['median']:5.2f}x the twin"
             )
+        print("micro: the reply deadline's thread hop, beside two bare threads")
+        results["micro"]["hop"] = micro.hop(args.quick)
+        for name, figures in (results["micro"]["hop"] or {}).items():
+            print(f"  {name:66} {figures['us']['median']:7.2f} us")
         print("micro: where the full path's time goes (cProfile)")
         results["micro"]["profile"] = micro.profile(args.quick)
     if "ledgers" in only:
