@@ -11,29 +11,33 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_the_benchmark_command_runs_quickly_and_writes_its_outputs(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="the bench extra draws the plots")
-    out, docs = tmp_path / "results.json", tmp_path / "docs"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--only",
-            "micro,ledgers",
-            "--out",
-            str(out),
-            "--docs",
-            str(docs),
-        ],
+def _quick(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark command at a fiftieth of its batch sizes."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, "BENCH_SCALE": "0.02"},
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
+    )
+
+
+@pytest.mark.slow
+def test_the_benchmark_command_runs_quickly_and_writes_its_outputs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the bench extra draws the plots")
+    out, docs = tmp_path / "results.json", tmp_path / "docs"
+    done = _quick(
+        "-m",
+        "benchmarks",
+        "--quick",
+        "--only",
+        "micro,ledgers",
+        "--out",
+        str(out),
+        "--docs",
+        str(docs),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -73,15 +77,7 @@ def test_the_benchmark_command_runs_quickly_and_writes_its_outputs(tmp_path: Pat
 def test_hot_path_script_finds_the_standard_librarys_http_and_every_peer() -> None:
     # Run as a script, benchmarks/ comes first on the path, where http.py once shadowed
     # the standard library's http: the peers looked uninstalled and Starlette failed.
-    done = subprocess.run(
-        [sys.executable, "benchmarks/hot_path.py", "--quick"],
-        cwd=ROOT,
-        env={**os.environ, "BENCH_SCALE": "0.02"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = _quick("benchmarks/hot_path.py", "--quick")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "skipped" not in done.stdout, done.stdout
     assert "svix Webhook.verify" in done.stdout

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from gptimg_webhooks._core.errors import ConfigurationError
@@ -51,3 +53,45 @@ def test_the_store_clock_decides_leases_not_the_callers() -> None:
     assert store.claim(entry(1), lease=LEASE).status is ClaimStatus.IN_PROGRESS
     now[0] += 1
     assert store.claim(entry(1), lease=LEASE).status is ClaimStatus.CLAIMED
+
+
+def _done(store: MemoryStore, n: int) -> None:
+    store.complete(entry(n).key, store.claim(entry(n), lease=LEASE).token)
+
+
+def test_done_records_add_nothing_to_the_garbage_collectors_work() -> None:
+    store = MemoryStore(max_records=10_000)
+    gc.collect()
+    before = len(gc.get_objects())
+    for n in range(2000):
+        _done(store, n)
+    gc.collect()
+    # A done record is a tuple of plain values, which a collection stops tracking:
+    # a million records no longer make every full collection walk a million objects.
+    assert len(gc.get_objects()) - before < 200
+    assert store.get(entry(7).key).state is State.DONE  # type: ignore[union-attr]
+    assert store.claim(entry(7), lease=LEASE).status is ClaimStatus.DONE
+
+
+def test_sweep_and_stats_find_every_unfinished_record_among_done_ones() -> None:
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    for n in range(50):
+        _done(store, n)
+    store.enqueue(entry(100))
+    store.claim(entry(101), lease=LEASE)  # its runner dies: the lease runs out
+    failed = store.claim(entry(102), lease=LEASE)
+    store.fail(entry(102).key, failed.token, "boom")
+    dead = store.claim(entry(103), lease=LEASE)
+    store.bury(entry(103).key, dead.token, "boom")
+    now[0] += LEASE + 1
+    assert store.renew(entry(1).key, "stale", lease=LEASE) is False  # a done record stays done
+    assert store.get(entry(1).key).state is State.DONE  # type: ignore[union-attr]
+    assert sorted(store.due(10)) == sorted(entry(n).key for n in (100, 101))
+    stats = store.stats()
+    assert (stats.pending, stats.processing, stats.failed, stats.dead) == (1, 1, 1, 1)
+    assert len(store.records(State.DONE, limit=100)) == 50
+    assert store.replay(entry(102).key) and store.replay(entry(103).key)
+    assert store.stats().pending == 3
+    assert store.prune(0.0) == 50
+    assert store.records(State.DONE) == [] and store.stats().pending == 3
