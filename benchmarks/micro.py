@@ -401,33 +401,32 @@ def asgi_apps(quick: bool) -> dict[str, Any]:
 HOP = "library: Runners.call of a no-op"
 
 
+def _hops(n: int, r: int) -> Batch:
+    return [None] * n
+
+
 def _library_hop() -> Variant:
     from gptimg_webhooks._core.handoff import Runners
 
     runners = Runners(max_threads=1, name="bench-hop")
-
-    def prepare(n: int, r: int) -> Batch:
-        return [None] * n
 
     def run(batch: Batch) -> None:
         call = runners.call
         for _ in batch:
             call(DEFAULT_REPLY_DEADLINE, _noop, None).result()
 
-    return prepare, run
+    return _hops, run
 
 
-def _bare_hop(follow_cpu: bool) -> Variant:
+def _bare_hop(getcpu: Callable[[], int], follow_cpu: bool) -> Variant:
     """Two threads and two pipes, nothing else: the least a hop can cost here.
 
     With ``follow_cpu`` the runner is woken on the waiter's CPU and lets go once awake,
     as the library's runners do (two ``sched_setaffinity`` calls per hop).
     """
-    import ctypes
     import select
     import threading
 
-    getcpu = ctypes.CDLL(None).sched_getcpu
     go_read, go_write = os.pipe()
     done_read, done_write = os.pipe()
     os.set_blocking(done_read, False)
@@ -450,9 +449,6 @@ def _bare_hop(follow_cpu: bool) -> Variant:
     started.wait()
     timeout = int(DEFAULT_REPLY_DEADLINE * 1000)
 
-    def prepare(n: int, r: int) -> Batch:
-        return [None] * n
-
     def run(batch: Batch) -> None:
         for _ in batch:
             if follow_cpu:
@@ -461,17 +457,22 @@ def _bare_hop(follow_cpu: bool) -> Variant:
             poll.poll(timeout)
             os.read(done_read, 64)
 
-    return prepare, run
+    return _hops, run
 
 
 def hop(quick: bool) -> dict[str, Any] | None:
     """The sync reply deadline's thread hop: the library's against two bare threads."""
-    if not hasattr(os, "sched_setaffinity"):
+    from gptimg_webhooks._core.handoff import cpu_finder
+
+    getcpu = cpu_finder()  # where threads cannot follow a CPU, the comparison means nothing
+    if getcpu is None:
         return None
     variants = {
         HOP: _library_hop(),
-        "bare: two threads and two pipes, runner woken on the waiter's CPU": _bare_hop(True),
-        "bare: two threads and two pipes, left to the scheduler": _bare_hop(False),
+        "bare: two threads and two pipes, runner woken on the waiter's CPU": _bare_hop(
+            getcpu, True
+        ),
+        "bare: two threads and two pipes, left to the scheduler": _bare_hop(getcpu, False),
     }
     for _, (prepare, run) in variants.items():
         run(prepare(500, -1))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import threading
 import time
@@ -18,7 +17,7 @@ from gptimg_webhooks._core.runner import Backoff
 from gptimg_webhooks.stores.memory import MemoryStore
 from gptimg_webhooks.stores.sqlite import SQLiteStore
 from gptimg_webhooks.worker import Outcome, Worker
-from tests.support.concurrency import Peak
+from tests.support.concurrency import Peak, default_executor_threads
 from tests.support.contract import payload
 
 SECRET = "whsec_worker_tests_0123456789abcdef"
@@ -225,14 +224,9 @@ def test_worker_processes_at_most_concurrency_at_once(tmp_path: Path) -> None:
     assert 1 < peak.most <= 3
 
 
-def _default_executor_threads() -> int:
-    """How many threads ``asyncio.to_thread`` has on this host (asyncio's own default)."""
-    return min(32, (os.cpu_count() or 1) + 4)
-
-
 def test_worker_runs_as_many_sync_handlers_at_once_as_its_concurrency(tmp_path: Path) -> None:
     # More than asyncio's default executor holds: they must not queue behind each other.
-    concurrency = _default_executor_threads() + 2
+    concurrency = default_executor_threads() + 2
     hooks = Webhooks(
         SECRET, store=SQLiteStore(str(tmp_path / "c.db")), mode="deferred", include_shared=False
     )

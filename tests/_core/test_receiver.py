@@ -7,7 +7,6 @@ import contextvars
 import gzip
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from gptimg_webhooks._core.handoff import Threads
 from gptimg_webhooks.stores import State
 from gptimg_webhooks.stores.memory import MemoryStore
 from gptimg_webhooks.stores.sqlite import SQLiteStore
+from tests.support.concurrency import default_executor_threads
 from tests.support.contract import payload
 
 from .conftest import SECRET, Clock, request
@@ -471,7 +471,7 @@ def test_ledger_calls_are_answered_while_sync_handlers_block_many_threads(
     # A blocking ledger (SQLite) and an async handler: the claim is a ledger call in a
     # thread. Sync handlers blocking more threads than asyncio's default executor has
     # must not hold it up.
-    blocked = min(32, (os.cpu_count() or 1) + 4) + 2
+    blocked = default_executor_threads() + 2
     hooks = Webhooks(
         SECRET,
         store=SQLiteStore(str(tmp_path / "l.sqlite3")),

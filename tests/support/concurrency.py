@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,3 +26,8 @@ class Peak:
         finally:
             with self._lock:
                 self.now -= 1
+
+
+def default_executor_threads() -> int:
+    """How many threads ``asyncio.to_thread`` has on this host (asyncio's own default)."""
+    return min(32, (os.cpu_count() or 1) + 4)

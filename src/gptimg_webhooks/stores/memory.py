@@ -247,10 +247,10 @@ class MemoryStore(Store):
     def _live_row(self, key: str) -> _Row | None:
         """Return ``key``'s row as a _Row (a done one expanded again, in place), or None."""
         value = self._rows.get(key)
-        if type(value) is tuple:
+        if isinstance(value, tuple):
             row = self._rows[key] = self._live[key] = _Row.from_done(key, value)
             return row
-        return value  # type: ignore[return-value]
+        return value
 
     def _settle(self, row: _Row) -> None:
         """Compact a row that is done; any other stays a _Row."""
