@@ -90,6 +90,72 @@ def test_replay_with_fresh_delivery_id_is_duplicate(
     assert len(seen) == 1
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+def any_store(request: pytest.FixtureRequest, clock: Clock, tmp_path: Any) -> Any:
+    # The memory ledger knows a done record without I/O; SQLite is asked.
+    if request.param == "memory":
+        return MemoryStore(clock=clock)
+    return SQLiteStore(tmp_path / "ledger.db")
+
+
+def test_done_body_with_a_mismatched_event_header_is_duplicate(
+    drive: Drive, any_store: Any, clock: Clock, body: bytes
+) -> None:
+    hooks = Webhooks(SECRET, store=any_store, clock=clock, include_shared=False)
+    seen: list[object] = []
+    hooks.on("generation.succeeded")(seen.append)
+    hooks.on("generation.failed")(seen.append)
+    tampered = request(body, event="generation.failed")
+    # Before the body ran, the unsigned header's disagreement is refused...
+    assert post(drive, hooks, body, tampered).json["error"] == "event_mismatch"
+    assert post(drive, hooks, body, request(body)).json["status"] == "processed"
+    # ...after, the signed body is a duplicate whatever the header says.
+    response = post(drive, hooks, body, tampered)
+    assert (response.status, response.json["status"]) == (200, "duplicate")
+    assert len(seen) == 1
+
+
+def test_done_body_retried_past_max_event_age_is_duplicate_not_stale(
+    drive: Drive, any_store: Any, clock: Clock
+) -> None:
+    hooks = Webhooks(SECRET, store=any_store, clock=clock, max_event_age=3600, include_shared=False)
+    body = payload("gen_late")  # completedAt 2026-04-26T01:23:50Z
+    clock.now = 1_777_166_630.0 + 60
+    assert post(drive, hooks, body, request(body)).json["status"] == "ignored"
+    clock.now += 3600 + 301  # a retry comes after the age window closed
+    response = post(drive, hooks, body, request(body))
+    assert (response.status, response.json["status"]) == (200, "duplicate")
+    other = payload("gen_late_other")  # never ran: still too old
+    assert post(drive, hooks, other, request(other)).json["error"] == "stale_event"
+
+
+def test_done_duplicate_is_answered_without_parsing_its_body(
+    drive: Drive, hooks: Webhooks, body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptimg_webhooks._core import protocol
+
+    parsed: list[bytes] = []
+    parse = protocol.parse_event_json
+
+    def counting(raw: bytes, name: str) -> Any:
+        parsed.append(raw)
+        return parse(raw, name)
+
+    monkeypatch.setattr(protocol, "parse_event_json", counting)
+    post(drive, hooks, body, request(body))
+    response = post(drive, hooks, body, request(body, delivery=str(uuid.uuid4())))
+    assert response.json["status"] == "duplicate"
+    assert parsed == [body]
+
+
+def test_forged_copy_of_a_done_body_is_still_401(
+    drive: Drive, hooks: Webhooks, body: bytes
+) -> None:
+    post(drive, hooks, body, request(body))
+    forged = request(body, secret="whsec_not_the_endpoints_secret")
+    assert post(drive, hooks, body, forged).status == 401
+
+
 def test_event_without_handler_is_recorded_and_answers_200(
     drive: Drive, hooks: Webhooks, store: MemoryStore, body: bytes
 ) -> None:

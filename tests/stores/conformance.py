@@ -233,6 +233,18 @@ class StoreConformance:
         expire()  # long after its lease would have ended, a done record stays done
         assert store.claim(entry(1), lease=LEASE).status is ClaimStatus.DONE
 
+    def test_known_done_never_says_done_of_a_record_that_is_not(self, store: Store) -> None:
+        key = entry(1).key
+        assert not store.known_done(key)
+        claim = store.claim(entry(1), lease=LEASE)
+        assert not store.known_done(key)
+        assert store.fail(key, claim.token, "boom")
+        assert not store.known_done(key)
+        claim = store.claim(entry(1), lease=LEASE)
+        assert store.complete(key, claim.token)
+        assert store.replay(key) is False  # done stays done
+        assert not store.known_done(entry(2).key)
+
     def test_complete_with_a_wrong_token_is_refused(self, store: Store) -> None:
         store.claim(entry(1), lease=LEASE)
         assert not store.complete(entry(1).key, "not-the-token")

@@ -95,3 +95,13 @@ def test_sweep_and_stats_find_every_unfinished_record_among_done_ones() -> None:
     assert store.stats().pending == 3
     assert store.prune(0.0) == 50
     assert store.records(State.DONE) == [] and store.stats().pending == 3
+
+
+def test_known_done_answers_from_memory_for_done_records_only() -> None:
+    store = MemoryStore()
+    claims = {n: store.claim(entry(n), lease=LEASE) for n in (1, 2)}
+    assert store.complete(entry(1).key, claims[1].token)
+    assert store.known_done(entry(1).key)
+    assert not store.known_done(entry(2).key)  # still leased
+    assert store.fail(entry(2).key, claims[2].token, "boom")
+    assert not store.known_done(entry(2).key)

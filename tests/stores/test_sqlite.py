@@ -3,6 +3,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from gptimg_webhooks import ConfigurationError, StoreUnavailable
 from gptimg_webhooks._core.ledger import ClaimStatus, State
 from gptimg_webhooks.stores import open_store
+from gptimg_webhooks.stores import sqlite as sqlite_store
 from gptimg_webhooks.stores.sqlite import SQLiteStore, enable_wal
 from tests.stores.conformance import (
     LEASE,
@@ -210,3 +212,46 @@ def test_enable_wal_waits_for_the_lock_where_sqlite_would_not(tmp_path: Path) ->
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     holder.close()
     conn.close()
+
+
+def _wal_frames(path: Path) -> int:
+    """Frames in the WAL now (a PASSIVE checkpoint's report, from a fresh connection)."""
+    conn = sqlite3.connect(path)
+    try:
+        busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert busy == 0
+        return int(frames)
+    finally:
+        conn.close()
+
+
+def _write(store: SQLiteStore, first: int, count: int) -> None:
+    for n in range(first, first + count):
+        claim = store.claim(entry(n), lease=LEASE)
+        assert store.complete(entry(n).key, claim.token)
+
+
+def test_commits_leave_the_wal_to_the_background_checkpointer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite's default: the commit crossing 1,000 frames checkpoints, waiting on the disk.
+    monkeypatch.setattr(sqlite_store, "_checkpointer", sqlite_store._Checkpointer(3600))
+    path = tmp_path / "ledger.sqlite3"
+    store = SQLiteStore(str(path))
+    _write(store, 0, 600)
+    assert _wal_frames(path) > 1000
+    store.close()
+
+
+def test_the_background_checkpointer_lets_the_wal_start_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_checkpointer", sqlite_store._Checkpointer(0.05))
+    path = tmp_path / "ledger.sqlite3"
+    store = SQLiteStore(str(path))
+    _write(store, 0, 600)
+    time.sleep(1.0)  # twenty rounds of the thread; the probe below checkpoints too, so once
+    _write(store, 600, 1)  # the first write after a full checkpoint starts the WAL over
+    frames = _wal_frames(path)
+    assert frames < 100
+    store.close()

@@ -66,6 +66,9 @@ class RequestRejected(WebhookError):
 
     status = 400
     code = "bad_request"
+    #: The ledger key of the body, once its signature matched: a receiver answers a
+    #: rejected body it already holds as done as a duplicate.
+    key: str | None = None
 
 
 class InvalidSignature(RequestRejected):

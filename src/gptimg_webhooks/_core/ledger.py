@@ -370,6 +370,14 @@ class Store(ABC):
     def get(self, key: str) -> Record | None:
         """Return one record by key."""
 
+    def known_done(self, key: str) -> bool:
+        """Tell, without I/O, whether ``key``'s record is done; False when unknown here.
+
+        A hint for answering a duplicate before parsing it (the in-process ledger knows);
+        the claim stays the authority, so a store that would need a round trip says False.
+        """
+        return False
+
     @abstractmethod
     def records(self, state: State | None = None, limit: int = 100) -> Sequence[Record]:
         """Return records, newest first, optionally of one state."""

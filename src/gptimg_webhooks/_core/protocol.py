@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import (
     EventMismatch,
@@ -23,6 +23,7 @@ from .errors import (
     InvalidSignature,
     MethodNotAllowed,
     PayloadTooLarge,
+    RequestRejected,
     StaleEvent,
     StoreUnavailable,
     UnsupportedEncoding,
@@ -48,8 +49,11 @@ __all__ = [
     "Headers",
     "Limits",
     "Response",
+    "Signed",
     "Verified",
+    "authenticate",
     "collect_headers",
+    "decode",
     "error_response",
     "event_time",
     "verify_request",
@@ -148,6 +152,14 @@ class Verified:
     #: The ledger entry: keyed by the SHA-256 of the signed body.
     entry: Entry
 
+    @property
+    def event_name(self) -> str:
+        return self.event.event
+
+    @property
+    def key(self) -> str:
+        return self.entry.key
+
 
 def collect_headers(headers: Headers) -> tuple[list[str], ...]:
     """Pick the headers the protocol reads, keeping every repeated value."""
@@ -235,15 +247,27 @@ def _check_age(limits: Limits, event: Event, now: float) -> None:
         raise StaleEvent(f"event is {-age:.0f}s in the future")
 
 
-def verify_request(
-    limits: Limits, method: str, headers: Headers, body: bytes, now: float
-) -> Verified:
-    """Verify one request; raise the :class:`RequestRejected` that answers it.
+class Signed(NamedTuple):
+    """A request whose signature matched its body, with well-formed headers; not parsed yet.
+
+    What :func:`authenticate` returns, so a receiver can answer a body its ledger already
+    holds as done before paying for the parse (see :func:`decode`).
+    """
+
+    delivery_id: str
+    #: The ``X-Gptimg-Event`` header: unsigned, compared to the body by :func:`decode`.
+    event_name: str
+    match: Match
+    #: The ledger key: the SHA-256 of the signed body.
+    key: str
+    body: bytes
+
+
+def authenticate(limits: Limits, method: str, headers: Headers, body: bytes) -> Signed:
+    """Check method, framing, signature and headers; raise the :class:`RequestRejected`.
 
     The signature is checked before anything else the caller controls, so an
-    unauthenticated caller learns nothing more. A signed body that is not a valid
-    event raises :class:`InvalidPayload` with ``exc.entry`` set, so the raw body can
-    be kept as a failed record.
+    unauthenticated caller learns nothing more.
     """
     if method != "POST":
         raise MethodNotAllowed(f"{method} not allowed; webhooks are POSTed")
@@ -267,16 +291,47 @@ def verify_request(
             raise InvalidHeaders("X-Gptimg-Event is not an event name")
         if len(_EVENT_NAMES) < 256:  # the provider sends a handful; a flood adds none
             _EVENT_NAMES.add(event_header)
-    key = hashlib.sha256(body).hexdigest()
+    return Signed(delivery_id, event_header, match, hashlib.sha256(body).hexdigest(), body)
+
+
+def decode(limits: Limits, signed: Signed, now: float) -> Verified:
+    """Parse a signed body into its typed event; raise the :class:`RequestRejected`.
+
+    A body that is not a valid event raises :class:`InvalidPayload` with ``exc.entry``
+    set, so the raw body can be kept as a failed record. Every rejection raised here
+    carries ``exc.key``, the body's ledger key.
+    """
+    key, delivery_id, event_header, body = (
+        signed.key,
+        signed.delivery_id,
+        signed.event_name,
+        signed.body,
+    )
     try:
         event = parse_event_json(body, event_header)
     except InvalidPayload as exc:
+        exc.key = key
         exc.entry = Entry(key, delivery_id, event_header, None, body)
         raise
-    if event.event != event_header:
-        raise EventMismatch("X-Gptimg-Event disagrees with the signed body")
-    _check_age(limits, event, now)
+    try:
+        if event.event != event_header:
+            raise EventMismatch("X-Gptimg-Event disagrees with the signed body")
+        _check_age(limits, event, now)
+    except RequestRejected as exc:
+        exc.key = key
+        raise
     generation_id = getattr(getattr(event, "data", None), "generation_id", None)
     return Verified(
-        delivery_id, event, match, Entry(key, delivery_id, event.event, generation_id, body)
+        delivery_id, event, signed.match, Entry(key, delivery_id, event.event, generation_id, body)
     )
+
+
+def verify_request(
+    limits: Limits, method: str, headers: Headers, body: bytes, now: float
+) -> Verified:
+    """Verify one request; raise the :class:`RequestRejected` that answers it.
+
+    :func:`authenticate` then :func:`decode`: method, framing, signature, headers,
+    strict JSON and the typed event, in that order.
+    """
+    return decode(limits, authenticate(limits, method, headers, body), now)

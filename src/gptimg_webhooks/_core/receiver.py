@@ -65,10 +65,12 @@ from .protocol import (
     Headers,
     Limits,
     Response,
+    Signed,
     Verified,
+    authenticate,
     collect_headers,
+    decode,
     error_response,
-    verify_request,
 )
 from .reconcile import Reconciliation, generation_key, is_generation_key, terminal_event
 from .runner import (
@@ -424,6 +426,21 @@ class Webhooks:
 
     # The request path, blocking ------------------------------------------------------
 
+    def _verify(
+        self, endpoint: Endpoint, method: str, headers: Headers, body: bytes, now: float
+    ) -> Verified | Signed:
+        """Verify a request; stop at its signature when the ledger already has it done.
+
+        A byte-identical signed body ran once: it is a duplicate whatever its unsigned
+        headers say now and however old it is, and its parse can be skipped.
+        """
+        limits = self._limits(endpoint)
+        signed = authenticate(limits, method, headers, body)
+        # Observers see a duplicate's receipt: only their absence takes the shortcut.
+        if not self.observers.items and self.store.known_done(endpoint.namespace + signed.key):
+            return signed
+        return decode(limits, signed, now)
+
     def handle(
         self, method: str, headers: Headers, body: bytes, *, path: str | None = None
     ) -> Response:
@@ -440,9 +457,11 @@ class Webhooks:
         try:
             endpoint = self.endpoint_for(path)
             now = self.clock()
-            verified = verify_request(self._limits(endpoint), method, headers, body, now)
+            verified = self._verify(endpoint, method, headers, body, now)
         except WebhookError as exc:
             return self._told(started, self._rejected(exc, headers, endpoint), None, exc, headers)
+        if isinstance(verified, Signed):
+            return self._told(started, _duplicate(verified), verified)
         if endpoint.namespace or self.observers.items or self.deferred or self.store.thread_bound:
             return self._handle_wrapped(verified, endpoint, started)
         # The common case, straight: claim in this thread (a duplicate never leaves it),
@@ -521,7 +540,7 @@ class Webhooks:
         self,
         started: float,
         response: Response,
-        verified: Verified | None,
+        verified: Verified | Signed | None,
         exc: WebhookError | None = None,
         headers: Headers | None = None,
     ) -> Response:
@@ -532,7 +551,7 @@ class Webhooks:
                 found = len(collect_headers(headers)[0])
                 cause = "missing" if not found else "repeated" if found > 1 else "mismatch"
             delivery_id = verified.delivery_id if verified is not None else ""
-            event = verified.event.event if verified is not None else None
+            event = verified.event_name if verified is not None else None
             latency = time.monotonic() - started
             answer = Answer(response.status, _word(response), event, delivery_id, latency, cause)
             self.observers.answered(answer)
@@ -599,10 +618,14 @@ class Webhooks:
     def _rejected(
         self, exc: WebhookError, headers: Headers, endpoint: Endpoint | None = None
     ) -> Response:
-        _log_rejection(exc, headers)
         if not isinstance(exc, SIGNED_REJECTIONS) or endpoint is None:
+            _log_rejection(exc, headers)
             return error_response(exc)
         try:
+            if exc.key is not None and self._done(endpoint.namespace + exc.key):
+                # The signed body ran already: what its unsigned headers or its age say
+                # now changes nothing, and a refusal would count toward disabling us.
+                return DUPLICATE
             entry = getattr(exc, "entry", None)
             if entry is not None:  # keep the signed raw body for inspection
                 entry = replace(entry, key=endpoint.namespace + entry.key)
@@ -611,9 +634,16 @@ class Webhooks:
                     self.store.fail(entry.key, claim.token, f"{exc.code}: {exc}")
         except StoreUnavailable:
             logger.warning("could not keep the refused body: the ledger is unavailable")
+        _log_rejection(exc, headers)
         if self.guard_trips(endpoint.counter):
             return _guard_rejected(exc)
         return error_response(exc)
+
+    def _done(self, key: str) -> bool:
+        if self.store.known_done(key):
+            return True
+        record = self.store.get(key)
+        return record is not None and record.state is State.DONE
 
     def _store_down(self, verified: Verified, exc: StoreUnavailable) -> Response:
         if not self.fail_open:
@@ -645,14 +675,7 @@ class Webhooks:
     def _unclaimed(self, claim: Claim, verified: Verified) -> Response:
         answer = _claim_answer(claim, self.deferred)
         if answer is not None:
-            if answer is DUPLICATE and logger.isEnabledFor(logging.INFO):
-                logger.info(
-                    "duplicate of %s (delivery %r): already done",
-                    verified.entry.key[:12],
-                    verified.delivery_id,
-                    extra=_fields(verified, "duplicate"),
-                )
-            return answer
+            return _duplicate(verified) if answer is DUPLICATE else answer
         tripped = self.guard_trips(self.counter_for(verified.entry.key))
         return _in_progress(tripped, verified.delivery_id)
 
@@ -720,7 +743,7 @@ class Webhooks:
         endpoint = None
         try:
             endpoint = self.endpoint_for(path)
-            verified = verify_request(self._limits(endpoint), method, headers, body, self.clock())
+            verified = self._verify(endpoint, method, headers, body, self.clock())
         except WebhookError as exc:
             if isinstance(exc, SIGNED_REJECTIONS):
                 response = await asyncio.to_thread(self._rejected, exc, headers, endpoint)
@@ -728,6 +751,8 @@ class Webhooks:
                 _log_rejection(exc, headers)
                 response = error_response(exc)
             return self._told(started, response, None, exc, headers)
+        if isinstance(verified, Signed):
+            return self._told(started, _duplicate(verified), verified)
         if endpoint.namespace:
             verified = _namespaced(verified, endpoint)
         with self._receiving(verified) as (verified, receipt):
@@ -757,7 +782,7 @@ class Webhooks:
             if claim.status is not ClaimStatus.CLAIMED:
                 answer = _claim_answer(claim, self.deferred)
                 if answer is not None:
-                    return answer
+                    return _duplicate(verified) if answer is DUPLICATE else answer
                 return await asyncio.to_thread(self._unclaimed, claim, verified)
             delivery = self._delivery(verified, claim.attempt)
             if self.reply_deadline is None:
@@ -777,10 +802,14 @@ class Webhooks:
             return await self.run_threads.run(
                 self._run_and_settle, event, delivery, delivery.key, token, handoff
             )
-        with self._running(delivery, "inline") as run:
-            result = await aexecute(self, event, delivery, token, answered=_answered_early(handoff))
-            if run is not None:
-                run.outcome = result.outcome
+        answered = _answered_early(handoff)
+        if self.observers.items:
+            with self._running(delivery, "inline") as run:
+                result = await aexecute(self, event, delivery, token, answered=answered)
+                if run is not None:
+                    run.outcome = result.outcome
+        else:  # no generator-based context per delivery
+            result = await aexecute(self, event, delivery, token, answered=answered)
         detached = handoff is not None and handoff.finish()
         if result.outcome != "failed":
             return _result_answer(result)
@@ -1227,14 +1256,25 @@ def _fill(receipt: Receipt | None, response: Response) -> None:
         receipt.outcome, receipt.status = _word(response), response.status
 
 
-def _fields(verified: Verified, outcome: str) -> dict[str, object]:
+def _fields(verified: Verified | Signed, outcome: str) -> dict[str, object]:
     """The structured ``extra=`` fields of a log line about a verified delivery."""
     return {
         "delivery_id": verified.delivery_id,
-        "event": verified.event.event,
-        "key_prefix": verified.entry.key[:12],
+        "event": verified.event_name,
+        "key_prefix": verified.key[:12],
         "outcome": outcome,
     }
+
+
+def _duplicate(verified: Verified | Signed) -> Response:
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "duplicate of %s (delivery %r): already done",
+            verified.key[:12],
+            verified.delivery_id,
+            extra=_fields(verified, "duplicate"),
+        )
+    return DUPLICATE
 
 
 def _run_fields(delivery: Delivery, outcome: str) -> dict[str, object]:

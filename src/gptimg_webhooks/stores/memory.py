@@ -333,6 +333,12 @@ class MemoryStore(Store):
         value = self._rows.get(key)
         return None if value is None else _record(key, value)
 
+    def known_done(self, key: str) -> bool:
+        # One dict read, atomic under the GIL: no lock, and a stale miss only means the
+        # claim answers instead.
+        value = self._rows.get(key)
+        return value is not None and (isinstance(value, tuple) or value.state is State.DONE)
+
     def records(self, state: State | None = None, limit: int = 100) -> Sequence[Record]:
         with self._lock:
             found = [
