@@ -25,6 +25,7 @@ from flask import Blueprint, Flask, current_app, has_app_context, request
 from ._core.body import BodyReader, refuse
 from ._core.errors import RequestRejected
 from ._core.handlers import Registry
+from ._core.protocol import environ_headers
 from ._core.receiver import DEFAULT_MAX_BODY_SIZE, Webhooks
 
 __all__ = ["EXTENSION", "GptimgWebhooks", "webhook_blueprint", "webhook_view"]
@@ -67,8 +68,7 @@ def webhook_view(receiver: Webhooks | None = None) -> Callable[[], Any]:
         except RequestRejected as exc:
             answer = refuse(exc, environ.get("HTTP_X_GPTIMG_DELIVERY", ""))
         else:
-            # WSGI folds repeated headers with commas; the core rejects such values.
-            headers = [(k[5:].replace("_", "-"), v) for k, v in environ.items() if k[:5] == "HTTP_"]
+            headers = environ_headers(environ)
             answer = hooks.handle(method, headers, body, path=request.path)
         return current_app.response_class(answer.body, answer.status, list(answer.headers))
 

@@ -10,7 +10,14 @@ import pytest
 
 from gptimg_webhooks import RequestRejected
 from gptimg_webhooks._core.errors import EventMismatch, InvalidPayload, InvalidSignature
-from gptimg_webhooks._core.protocol import Limits, Signed, authenticate, decode, verify_request
+from gptimg_webhooks._core.protocol import (
+    Limits,
+    Signed,
+    authenticate,
+    decode,
+    environ_headers,
+    verify_request,
+)
 from gptimg_webhooks._core.signature import Verifier
 
 from .conftest import SECRET, request
@@ -50,3 +57,24 @@ def test_rejections_after_the_signature_carry_the_body_key(body: bytes) -> None:
         decode(LIMITS, signed, time.time())
     assert isinstance(caught.value, RequestRejected)
     assert caught.value.key == signed.key
+
+
+def test_environ_headers_picks_the_protocols_four_by_their_cgi_names(body: bytes) -> None:
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_HOST": "example.test",
+        "HTTP_CONTENT_ENCODING": "identity",
+        **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in request(body).items()},
+    }
+    picked = environ_headers(environ)
+    assert sorted(name for name, _ in picked) == [
+        "content-encoding",
+        "x-gptimg-delivery",
+        "x-gptimg-event",
+        "x-gptimg-signature",
+    ]
+    assert verify_request(LIMITS, "POST", picked, body, time.time()).key == (
+        hashlib.sha256(body).hexdigest()
+    )
+    assert environ_headers({"HTTP_HOST": "example.test"}) == []

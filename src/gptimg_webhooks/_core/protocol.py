@@ -54,6 +54,7 @@ __all__ = [
     "authenticate",
     "collect_headers",
     "decode",
+    "environ_headers",
     "error_response",
     "event_time",
     "verify_request",
@@ -71,6 +72,8 @@ _WANTED = {
     "content-encoding": 3,
 }
 _WANTED_BYTES = {k.encode(): v for k, v in _WANTED.items()}
+#: The same headers by their CGI names, as a WSGI environ (or Django's ``META``) has them.
+_CGI_NAMES = tuple(("HTTP_" + name.upper().replace("-", "_"), name) for name in _WANTED)
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _EVENT_NAME = re.compile(r"[a-z0-9_]{1,64}(?:\.[a-z0-9_]{1,64}){1,4}")
 _JSON = (("content-type", "application/json"),)
@@ -197,6 +200,16 @@ def collect_headers(headers: Headers) -> tuple[list[str], ...]:
         if slot is not None:
             found[slot].append(value.decode("latin-1") if isinstance(value, bytes) else value)
     return found
+
+
+def environ_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Pick the headers the protocol reads from a WSGI environ or Django's ``META``.
+
+    Only these four: a server's environ holds a few dozen keys, and copying them all was
+    the largest part of a WSGI adapter's own cost. WSGI has folded repeated values with
+    commas already; :func:`verify_request` refuses such values.
+    """
+    return [(name, environ[key]) for key, name in _CGI_NAMES if key in environ]
 
 
 def _single(values: list[str], name: str) -> str:

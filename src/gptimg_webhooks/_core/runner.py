@@ -205,9 +205,7 @@ async def aexecute(
     """Async twin of :func:`execute`: no thread waits unless a handler or the store needs one."""
     store, key = hooks.store, delivery.key
     handlers = hooks.routes(event.event)
-    if store.transactional and not (
-        store.async_transactions and all(h.is_async for h in handlers)
-    ):
+    if store.transactional and not (store.async_transactions and all(h.is_async for h in handlers)):
         # A thread-bound transaction (Django's), or sync handlers that need a sync
         # connection as delivery.transaction: handlers and the mark share one thread.
         return await hooks.run_threads.run(

@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse
 
 from .._core.body import BodyReader, refuse
 from .._core.errors import RequestRejected, StoreUnavailable, WebhookError
-from .._core.protocol import Response, error_response
+from .._core.protocol import Response, environ_headers, error_response
 from .._core.receiver import Webhooks
 from .conf import receiver
 
@@ -102,7 +102,8 @@ class WebhookView:
         if isinstance(ready, HttpResponse):
             return ready
         hooks, body = ready
-        answer = hooks.handle(request.method or "", request.headers, body, path=request.path)
+        headers = environ_headers(request.META)
+        answer = hooks.handle(request.method or "", headers, body, path=request.path)
         return _response(answer)
 
     async def respond_async(self, request: HttpRequest) -> HttpResponse:
@@ -111,7 +112,7 @@ class WebhookView:
             return ready
         hooks, body = ready
         answer = await hooks.handle_async(
-            request.method or "", request.headers, body, path=request.path
+            request.method or "", environ_headers(request.META), body, path=request.path
         )
         return _response(answer)
 
