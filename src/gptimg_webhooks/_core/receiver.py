@@ -16,7 +16,7 @@ import os
 import re
 import time
 from _thread import allocate_lock
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
@@ -755,6 +755,8 @@ class Webhooks:
             return self._told(started, _duplicate(verified), verified)
         if endpoint.namespace:
             verified = _namespaced(verified, endpoint)
+        if not self.observers.items:  # no generator-based context per delivery
+            return await self._ahandle_verified(verified, started)
         with self._receiving(verified) as (verified, receipt):
             response = await self._ahandle_verified(verified, started)
             _fill(receipt, response)
@@ -789,8 +791,10 @@ class Webhooks:
                 return await self._arun_and_settle(verified.event, delivery, claim.token, None)
             handoff = _Handoff()
             handoff.arm(delivery)
-            task = _start(self._arun_and_settle(verified.event, delivery, claim.token, handoff))
-            return await _awithin(task, handoff, started, self.reply_deadline, self)
+            ended = asyncio.get_running_loop().create_future()
+            run = self._arun_and_settle(verified.event, delivery, claim.token, handoff)
+            task = _start(_telling(run, ended))
+            return await _awithin(task, handoff, started, self.reply_deadline, self, ended)
         except Exception as exc:
             return _internal(verified.delivery_id, exc)
 
@@ -1122,20 +1126,44 @@ def _within(
         return result()  # not recorded yet: never answer 2xx for what may be lost
 
 
+async def _telling(run: Awaitable[Response], ended: asyncio.Future[None]) -> Response:
+    """Await ``run``, then set ``ended`` from inside its own step."""
+    try:
+        return await run
+    finally:
+        if not ended.done():
+            ended.set_result(None)
+
+
+def _end(ended: asyncio.Future[None]) -> None:
+    if not ended.done():
+        ended.set_result(None)
+
+
 async def _awithin(
     future: asyncio.Future[Response],
     handoff: _Handoff,
     started: float,
     deadline: float,
     hooks: Webhooks,
+    ended: asyncio.Future[None] | None = None,
 ) -> Response:
-    """Async twin of :func:`_within`."""
+    """Async twin of :func:`_within`; ``ended``: set by the run as it ends (see _telling)."""
     if future.done():  # it never waited (see _start): no wait, no turn of the loop
         return future.result()
     remaining = max(0.0, deadline - (time.monotonic() - started))
-    # asyncio.wait never cancels the run (no shield needed) and costs one timer, where
-    # wait_for(shield()) costs two more futures per request.
-    await asyncio.wait((future,), timeout=remaining)
+    if ended is None:
+        # asyncio.wait never cancels the run (no shield needed) and costs one timer,
+        # where wait_for(shield()) costs two more futures per request.
+        await asyncio.wait((future,), timeout=remaining)
+    else:
+        # The run wakes the request itself: one turn of the loop fewer than waiting for
+        # the task's done callbacks, which run a turn after the task ends.
+        timer = asyncio.get_running_loop().call_later(remaining, _end, ended)
+        try:
+            await ended
+        finally:
+            timer.cancel()
     if future.done():
         return future.result()
     if handoff.detach():

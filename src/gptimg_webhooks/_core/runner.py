@@ -22,13 +22,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import LeaseLost, StoreUnavailable
 from .events import Event
-from .handlers import Delivery, HandlerSpec
+from .handlers import Delivery
 from .handoff import process
 from .ledger import FINISHED, State, Store
 
@@ -212,35 +212,47 @@ async def aexecute(
             _execute_in_thread, hooks, event, delivery, token, also, answered
         )
     phase = _OPEN
-    with hooks.keeper.holding(key, token), _holding(hooks, also):
-        try:
-            async with store.atransaction() as tx:
-                phase = _HANDLERS
-                run = delivery if tx is None else replace(delivery, transaction=tx)
-                await _acall(hooks, handlers, event, run)
-                if tx is not None:
-                    store.check_transaction(tx)
-                phase = _MARK
-                if not await store.acomplete(key, token, counter=hooks.counter_for(key)):
-                    raise LeaseLost("the lease was lost while the handlers ran")
-                if also is not None and not await store.acomplete(*also):
-                    raise LeaseLost("the generation's gate was lost while the handlers ran")
-                phase = _COMMIT
-        except LeaseLost as exc:
-            return Result("lease_lost", exc)
-        except StoreUnavailable as exc:
-            if phase != _HANDLERS:
-                return _outage(hooks, key, token, phase, exc, answered)
-            await hooks.run_threads.run(hooks.report, exc, event, delivery)
-            return Result("failed", exc)
-        except Exception as exc:
-            await hooks.run_threads.run(hooks.report, exc, event, delivery)
-            return Result("failed", exc)
+    keeper = hooks.keeper
+    held = keeper.hold(key, token)
+    if also is not None:
+        keeper.hold(*also)
+    try:
+        plain = type(store).atransaction is _NO_ATRANSACTION
+        async with _NULL if plain else store.atransaction() as tx:
+            phase = _HANDLERS
+            run = delivery if tx is None else replace(delivery, transaction=tx)
+            for func, wants_delivery, is_async in handlers:
+                args = (event, run) if wants_delivery else (event,)
+                if is_async:
+                    await func(*args)
+                else:
+                    # A sync handler may block; keep it off the event loop.
+                    result = await hooks.run_threads.run(func, *args)
+                    if asyncio.iscoroutine(result):
+                        await result
+            if tx is not None:
+                store.check_transaction(tx)
+            phase = _MARK
+            if not await store.acomplete(key, token, counter=hooks.counter_for(key)):
+                raise LeaseLost("the lease was lost while the handlers ran")
+            if also is not None and not await store.acomplete(*also):
+                raise LeaseLost("the generation's gate was lost while the handlers ran")
+            phase = _COMMIT
+    except LeaseLost as exc:
+        return Result("lease_lost", exc)
+    except StoreUnavailable as exc:
+        if phase != _HANDLERS:
+            return _outage(hooks, key, token, phase, exc, answered)
+        await hooks.run_threads.run(hooks.report, exc, event, delivery)
+        return Result("failed", exc)
+    except Exception as exc:
+        await hooks.run_threads.run(hooks.report, exc, event, delivery)
+        return Result("failed", exc)
+    finally:
+        keeper.release(key, held)
+        if also is not None:
+            keeper.release(also[0], None, also[1])
     return _PROCESSED if handlers else _IGNORED
-
-
-def _holding(hooks: Webhooks, also: tuple[str, str] | None) -> AbstractContextManager[None]:
-    return nullcontext() if also is None else hooks.keeper.holding(*also)
 
 
 def _execute_in_thread(
@@ -255,20 +267,6 @@ def _execute_in_thread(
         return execute(hooks, event, delivery, token, also, answered=answered)
     finally:
         hooks.store.close_thread()
-
-
-async def _acall(
-    hooks: Webhooks, handlers: tuple[HandlerSpec, ...], event: Event, delivery: Delivery
-) -> None:
-    for func, wants_delivery, is_async in handlers:
-        args = (event, delivery) if wants_delivery else (event,)
-        if is_async:
-            await func(*args)
-        else:
-            # A sync handler may block; keep it off the event loop.
-            result = await hooks.run_threads.run(func, *args)
-            if asyncio.iscoroutine(result):
-                await result
 
 
 def _outage(
@@ -351,21 +349,7 @@ async def asettle_failure(
 
 
 _NO_TRANSACTION = Store.transaction
-
-
-class _Holding:
-    """The ``with`` block of :meth:`Keeper.holding` (a class: no generator per run)."""
-
-    __slots__ = ("keeper", "key", "token")
-
-    def __init__(self, keeper: Keeper, key: str, token: str) -> None:
-        self.keeper, self.key, self.token = keeper, key, token
-
-    def __enter__(self) -> None:
-        self.keeper.hold(self.key, self.token)
-
-    def __exit__(self, *exc: object) -> None:
-        self.keeper.release(self.key, None, self.token)
+_NO_ATRANSACTION = Store.atransaction
 
 
 @dataclass(slots=True)
@@ -403,10 +387,6 @@ class Keeper:
         return hooks
 
     # Registration (any thread) ---------------------------------------------------
-
-    def holding(self, key: str, token: str) -> _Holding:
-        """Renew ``key``'s lease in the background while the block runs."""
-        return _Holding(self, key, token)
 
     def hold(self, key: str, token: str) -> _Held:
         """Start renewing ``key``'s lease in the background; :meth:`release` stops it."""
