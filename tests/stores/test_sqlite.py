@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -255,3 +257,32 @@ def test_the_background_checkpointer_lets_the_wal_start_over(
     frames = _wal_frames(path)
     assert frames < 100
     store.close()
+
+
+def test_writers_of_one_process_wait_their_turn_no_longer_than_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(str(tmp_path / "ledger.sqlite3"), busy_timeout=0.3)
+    store.claim(entry(1), lease=LEASE)  # the file exists, its lock too
+    lock = sqlite_store._write_locks[os.path.abspath(store.path)]
+    with lock:  # a writer of this process that does not finish
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="writers stuck"):
+            store.claim(entry(2), lease=LEASE)
+        assert 0.25 < time.monotonic() - started < 3
+    assert store.claim(entry(2), lease=LEASE).status is ClaimStatus.CLAIMED
+    store.close()
+
+
+def test_threads_writing_at_once_all_get_through_under_a_short_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(str(tmp_path / "ledger.sqlite3"), busy_timeout=0.25)
+    store.claim(entry(0), lease=LEASE)
+
+    def claims(first: int) -> list[ClaimStatus]:
+        return [store.claim(entry(n), lease=LEASE).status for n in range(first, first + 40)]
+
+    with ThreadPoolExecutor(8) as pool:
+        found = [s for batch in pool.map(claims, range(1, 321, 40)) for s in batch]
+    assert found == [ClaimStatus.CLAIMED] * 320

@@ -103,8 +103,20 @@ class _Checkpointer:
 
 
 _checkpointer = _Checkpointer()
+
+#: One lock per ledger file in this process. Its writers queue on it and the next one
+#: goes the moment it is free; on SQLite's own lock they would sleep in its busy handler
+#: (1, 2, 5, 10 ms... between tries), which made the tail of every write.
+_write_locks: dict[str, threading.Lock] = {}
+
+
+def _after_fork() -> None:
+    _checkpointer.after_fork()
+    _write_locks.clear()  # one may have been held by a thread the child does not have
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_checkpointer.after_fork)
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
@@ -176,6 +188,7 @@ class SQLiteStore(Store):
         self.clock = clock
         self.create = create
         self._local = threading.local()
+        self._file = os.path.abspath(path)
 
     @classmethod
     def from_url(cls, url: str, *, create: bool = True) -> SQLiteStore:
@@ -236,14 +249,25 @@ class SQLiteStore(Store):
                 return
             if conn.in_transaction:  # a ROLLBACK that failed earlier left one open
                 conn.rollback()
-            # IMMEDIATE: take the write lock first, so reads inside see what the write acts on.
-            conn.execute("BEGIN IMMEDIATE")
+            lock = _write_locks.get(self._file) or _write_locks.setdefault(
+                self._file, threading.Lock()
+            )
+            if not lock.acquire(timeout=self.busy_timeout):
+                raise StoreUnavailable(
+                    f"SQLite ledger {self.path!r}: writers stuck in this process"
+                )
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                # IMMEDIATE: take the write lock first, so reads inside see what the write
+                # acts on.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                lock.release()
             _checkpointer.written(self.path, self._connect)
         except sqlite3.Error as exc:
             if not self.create and not os.path.exists(self.path):
@@ -290,10 +314,8 @@ class SQLiteStore(Store):
         total = 0
         for _ in range(1_000_000):  # bounded: a billion rows at most per call
             # Each batch is its own short write, so writers queue behind none for long.
-            with self._db() as conn:
+            with self._db(write=True) as conn:
                 n = conn.execute(statement, params).rowcount
-            if n:
-                _checkpointer.written(self.path, self._connect)
             total += n
             if n < _SQL.prune_batch:
                 break
@@ -301,9 +323,8 @@ class SQLiteStore(Store):
 
     def bump(self, counter: str, limit: int, by: int = 1) -> bool:
         params = {"counter": counter, "limit": limit, "by": by}
-        with self._db() as conn:
+        with self._db(write=True) as conn:
             (value,) = conn.execute(_sql.bump_statement(_SQL), params).fetchone()
-        _checkpointer.written(self.path, self._connect)
         return _sql.bumped(value, by, limit)
 
     def close(self) -> None:
