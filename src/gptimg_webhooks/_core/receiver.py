@@ -786,37 +786,44 @@ class Webhooks:
                 if answer is not None:
                     return _duplicate(verified) if answer is DUPLICATE else answer
                 return await asyncio.to_thread(self._unclaimed, claim, verified)
-            delivery = self._delivery(verified, claim.attempt)
+            # Built only for a handler that takes it, or to report an error.
+            delivery = partial(self._delivery, verified, claim.attempt, self.clock())
+            key = verified.entry.key
             if self.reply_deadline is None:
-                return await self._arun_and_settle(verified.event, delivery, claim.token, None)
-            handoff = _Handoff()
-            handoff.arm(delivery)
+                return await self._arun_and_settle(verified.event, delivery, key, claim.token, None)
+            handoff = _Handoff(delivery)
             ended = asyncio.get_running_loop().create_future()
-            run = self._arun_and_settle(verified.event, delivery, claim.token, handoff)
+            run = self._arun_and_settle(verified.event, delivery, key, claim.token, handoff)
             task = _start(_telling(run, ended))
             return await _awithin(task, handoff, started, self.reply_deadline, self, ended)
         except Exception as exc:
             return _internal(verified.delivery_id, exc)
 
     async def _arun_and_settle(
-        self, event: Event, delivery: Delivery, token: str, handoff: _Handoff | None
+        self,
+        event: Event,
+        delivery: Delivery | Callable[[], Delivery],
+        key: str,
+        token: str,
+        handoff: _Handoff | None,
     ) -> Response:
         if self.reconcile is not None and _terminal_generation(event) is not None:
             # The gate costs a round trip only with reconciliation on: keep it simple.
             return await self.run_threads.run(
-                self._run_and_settle, event, delivery, delivery.key, token, handoff
+                self._run_and_settle, event, delivery, key, token, handoff
             )
         answered = _answered_early(handoff)
         if self.observers.items:
-            with self._running(delivery, "inline") as run:
-                result = await aexecute(self, event, delivery, token, answered=answered)
+            with self._running(delivery_of(delivery), "inline") as run:
+                result = await aexecute(self, event, delivery, token, None, key, answered=answered)
                 if run is not None:
                     run.outcome = result.outcome
         else:  # no generator-based context per delivery
-            result = await aexecute(self, event, delivery, token, answered=answered)
+            result = await aexecute(self, event, delivery, token, None, key, answered=answered)
         detached = handoff is not None and handoff.finish()
         if result.outcome != "failed":
             return _result_answer(result)
+        delivery = delivery_of(delivery)
         error = _error_text(result)
         plan = settlement(self.backoff, delivery.attempt, provider_retries=not detached)
         if plan.op == "fail" and await self.aguard_trips(self.counter_for(delivery.key)):

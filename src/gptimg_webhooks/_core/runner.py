@@ -154,9 +154,7 @@ def execute(
             for func, wants_delivery, is_async in handlers:
                 if wants_delivery:
                     if run is None:
-                        run = delivery_of(delivery)
-                        if tx is not None:
-                            run = replace(run, transaction=tx)
+                        run = _handed(delivery, tx)
                     result = func(event, run)
                 else:
                     result = func(event)
@@ -193,23 +191,33 @@ def delivery_of(delivery: Delivery | Callable[[], Delivery]) -> Delivery:
     return delivery if type(delivery) is Delivery else delivery()  # type: ignore[operator]
 
 
+def _handed(delivery: Delivery | Callable[[], Delivery], tx: Any) -> Delivery:
+    """Return the delivery a handler gets: built now if it was put off, in ``tx``."""
+    run = delivery_of(delivery)
+    return run if tx is None else replace(run, transaction=tx)
+
+
 async def aexecute(
     hooks: Webhooks,
     event: Event,
-    delivery: Delivery,
+    delivery: Delivery | Callable[[], Delivery],
     token: str,
     also: tuple[str, str] | None = None,
+    key: str = "",
     *,
     answered: Callable[[], bool] = _no_retry,
 ) -> Result:
     """Async twin of :func:`execute`: no thread waits unless a handler or the store needs one."""
-    store, key = hooks.store, delivery.key
+    store = hooks.store
+    if not key:
+        assert isinstance(delivery, Delivery)
+        key = delivery.key
     handlers = hooks.routes(event.event)
     if store.transactional and not (store.async_transactions and all(h.is_async for h in handlers)):
         # A thread-bound transaction (Django's), or sync handlers that need a sync
         # connection as delivery.transaction: handlers and the mark share one thread.
         return await hooks.run_threads.run(
-            _execute_in_thread, hooks, event, delivery, token, also, answered
+            _execute_in_thread, hooks, event, delivery_of(delivery), token, also, answered
         )
     phase = _OPEN
     keeper = hooks.keeper
@@ -220,9 +228,14 @@ async def aexecute(
         plain = type(store).atransaction is _NO_ATRANSACTION
         async with _NULL if plain else store.atransaction() as tx:
             phase = _HANDLERS
-            run = delivery if tx is None else replace(delivery, transaction=tx)
+            run = None
             for func, wants_delivery, is_async in handlers:
-                args = (event, run) if wants_delivery else (event,)
+                if wants_delivery:
+                    if run is None:
+                        run = _handed(delivery, tx)
+                    args: tuple[Any, ...] = (event, run)
+                else:
+                    args = (event,)
                 if is_async:
                     await func(*args)
                 else:
@@ -243,10 +256,10 @@ async def aexecute(
     except StoreUnavailable as exc:
         if phase != _HANDLERS:
             return _outage(hooks, key, token, phase, exc, answered)
-        await hooks.run_threads.run(hooks.report, exc, event, delivery)
+        await hooks.run_threads.run(hooks.report, exc, event, delivery_of(delivery))
         return Result("failed", exc)
     except Exception as exc:
-        await hooks.run_threads.run(hooks.report, exc, event, delivery)
+        await hooks.run_threads.run(hooks.report, exc, event, delivery_of(delivery))
         return Result("failed", exc)
     finally:
         keeper.release(key, held)
