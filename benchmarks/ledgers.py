@@ -55,7 +55,7 @@ def _fill_memory(store: MemoryStore, count: int) -> None:
         store.complete(e.key, store.claim(e, lease=120.0).token)
 
 
-def _fill_sqlite(store: SQLiteStore, count: int) -> None:
+def _fill_sqlite(store: SQLiteStore, count: int, state: str = "done") -> None:
     _cycle(store, "schema", 1)  # creates the tables
     conn = sqlite3.connect(store.path)
     table = next(
@@ -67,13 +67,13 @@ def _fill_sqlite(store: SQLiteStore, count: int) -> None:
     rows = (
         (
             hashlib.sha256(f"fill:{i}".encode()).hexdigest(),
-            "done",
+            state,
             str(uuid.uuid4()),
             EVENT,
             f"gen_{i}",
             1,
             now,
-            now,
+            now + i * 1e-6,  # in arrival order, as the sweep takes them
         )
         for i in range(count)
     )
@@ -122,6 +122,37 @@ def by_size(quick: bool, log: Any = print) -> dict[str, Any]:
     for name in ("memory", "sqlite"):
         first, last = str(sizes[0]), str(sizes[-1])
         out[name]["growth"] = out[name][last]["median"] / out[name][first]["median"]
+    return out
+
+
+def backlog(quick: bool, log: Any = print) -> dict[str, Any]:
+    """The recovery sweep's query (``due(20)``) against a backlog of pending records.
+
+    A backlog is what deferred mode builds under a burst, or what runners that fell
+    behind leave; workers run the same query every poll.
+    """
+    sizes = [_scaled(s) for s in ((1_000, 10_000) if quick else (1_000, 10_000, 100_000))]
+    out: dict[str, Any] = {"memory": {}, "sqlite": {}}
+    with tempfile.TemporaryDirectory(prefix="gptimg-bench-") as tmp:
+        for size in sizes:
+            memory = MemoryStore(max_records=size + 10)
+            for i in range(size):
+                memory.enqueue(entry("backlog", i))
+            sqlite = SQLiteStore(f"{tmp}/backlog-{size}.sqlite3")
+            _fill_sqlite(sqlite, size, state="pending")
+            for name, store in (("memory", memory), ("sqlite", sqlite)):
+                runs = []
+                for _ in range(9):
+                    started = time.perf_counter()
+                    found = store.due(20)
+                    runs.append((time.perf_counter() - started) * 1e3)
+                assert len(found) == 20
+                out[name][str(size)] = statistics.median(runs)
+            log(
+                f"  backlog of {size:>7,} pending: sweep memory {out['memory'][str(size)]:.3f} "
+                f"ms, SQLite {out['sqlite'][str(size)]:.3f} ms"
+            )
+            sqlite.close()
     return out
 
 

@@ -534,6 +534,34 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
                 + " | ".join("" if ms is None else f"{ms:.2f}" for ms in sweeps)
                 + " |"
             )
+    backlog = _get(results, "ledgers", "backlog")
+    if backlog:
+        out += [
+            "",
+            "The sweep's query against a backlog of pending records (deferred mode under a "
+            "burst; workers run it every poll), ms:",
+            "",
+            "| pending records | memory sweep ms | SQLite sweep ms |",
+            "|---|---|---|",
+        ]
+        for size in _numeric(backlog["memory"]):
+            out.append(
+                f"| {int(size):,} | {backlog['memory'][size]:.3f} | {backlog['sqlite'][size]:.3f} |"
+            )
+    backlog = _get(results, "ledgers", "backlog")
+    if backlog:
+        out += [
+            "",
+            "The sweep's query against a backlog of pending records (deferred mode under a "
+            "burst; workers run it every poll), ms:",
+            "",
+            "| pending records | memory sweep ms | SQLite sweep ms |",
+            "|---|---|---|",
+        ]
+        for size in _numeric(backlog["memory"]):
+            out.append(
+                f"| {int(size):,} | {backlog['memory'][size]:.3f} | {backlog['sqlite'][size]:.3f} |"
+            )
     network = _get(results, "ledgers", "network")
     if network:
         out += [

@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print("ledgers: claim latency against ledger size")
         results["ledgers"] = {"by_size": ledgers.by_size(args.quick)}
+        print("ledgers: the sweep against a backlog of pending records")
+        results["ledgers"]["backlog"] = ledgers.backlog(args.quick)
         print("ledgers: network stores against a bare round trip")
         results["ledgers"]["network"] = ledgers.network(args.quick)
         print("ledgers: memory per record")

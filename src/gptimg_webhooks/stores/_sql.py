@@ -364,10 +364,22 @@ def lease_many_statement(d: Dialect) -> str:
 
 @functools.cache
 def due_statement(d: Dialect) -> str:
-    """Keys a runner may lease now (:data:`LEASE`'s sources), oldest first."""
+    """Keys a runner may lease now (:data:`LEASE`'s sources), oldest first.
+
+    One ordered walk of the ``(state, updated_at)`` index per source, each stopping at
+    ``limit``: one ``WHERE`` over both states made the database read every pending
+    record and sort them (5 ms a poll at 30,000 pending on SQLite, and growing).
+    """
+    tbl, limit = _quote(d.table), d.p("limit")
+    walks = [
+        f"SELECT * FROM (SELECT r.key, r.updated_at FROM {tbl} AS r "
+        f"WHERE {_where(d, (source,))} ORDER BY r.updated_at LIMIT {limit}) AS s{n}"
+        for n, source in enumerate(sorted(LEASE.sources, key=lambda s: s.value))
+        if source is not Source.ABSENT
+    ]
     return (
-        f"SELECT r.key FROM {_quote(d.table)} AS r WHERE {_where(d, LEASE.sources)} "
-        f"ORDER BY r.updated_at LIMIT {d.p('limit')}"
+        f"SELECT due.key FROM ({' UNION ALL '.join(walks)}) AS due "
+        f"ORDER BY due.updated_at LIMIT {limit}"
     )
 
 
