@@ -463,6 +463,23 @@ def test_thread_bound_ledger_and_sync_handlers_share_one_thread_hop(
     assert loop_thread not in handler_threads
 
 
+def test_ledger_without_io_joins_its_sync_handlers_thread_hop(body: bytes) -> None:
+    claimed_in: list[int] = []
+
+    class Recording(MemoryStore):
+        def claim(self, entry: Any, *, lease: float) -> Any:
+            claimed_in.append(threading.get_ident())
+            return super().claim(entry, lease=lease)
+
+    hooks = Webhooks(SECRET, store=Recording(), include_shared=False)
+    handler_threads: list[int] = []
+    hooks.on("generation.succeeded")(lambda e: handler_threads.append(threading.get_ident()))
+    claimed_in.clear()
+    hops, loop_thread = hops_and_loop_thread(hooks, body, handler_threads)
+    assert hops == 1
+    assert claimed_in[-1:] == handler_threads and loop_thread not in handler_threads
+
+
 def test_async_handler_on_a_thread_bound_ledger_runs_on_the_event_loop(
     tmp_path: Any, body: bytes
 ) -> None:

@@ -764,10 +764,12 @@ class Webhooks:
 
     async def _ahandle_verified(self, verified: Verified, started: float) -> Response:
         store = self.store
-        if not store.native_async and not any(
-            h.is_async for h in self.routes(verified.event.event)
+        routes = self.routes(verified.event.event)
+        if not any(h.is_async for h in routes) and (
+            not store.native_async or (store.in_process and routes and not self.deferred)
         ):
-            # A blocking ledger and sync handlers: the rest costs one thread hop.
+            # A blocking ledger and sync handlers: the rest costs one thread hop. A ledger
+            # without I/O joins the hop its sync handlers take anyway: one hop, no task.
             if self.reply_deadline is None:
                 return await self.run_threads.run(self._pooled, verified, None)
             handoff = _Handoff()

@@ -173,6 +173,7 @@ class MemoryStore(Store):
     schemes = ("memory",)
     shared = False
     native_async = True
+    in_process = True
 
     def __init__(
         self, max_records: int = 100_000, *, clock: Callable[[], float] = time.time
