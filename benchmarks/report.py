@@ -287,22 +287,33 @@ GAPS = [
     "parse and no dispatch.",
     "5. Over HTTP the gap shrinks with the framework's own cost. Under WSGI (Flask, "
     "Django on gunicorn) the twins run inline while the library pays the deadline's thread "
-    "hop on every request, and on a loaded CPU each wake-up of the runner thread waits for "
-    "the scheduler: `reply_deadline=None` removes it (the in-process rows above show the "
-    "hop's share).",
+    "hop on every request: in three interleaved rounds under gunicorn (server pinned to one "
+    "CPU) Flask's library app made 0.76x the twin's requests with the default deadline and "
+    "0.84x with `reply_deadline=None`, so about 40 µs a request is the hop and about 60 µs "
+    "the core's own work (the in-process rows above). Letting the runner thread wake "
+    "anywhere when the process may use one CPU only (no affinity calls) measured no gain "
+    "(0.74x). Under ASGI the run wakes the request itself at its end (one turn of the "
+    "loop fewer than `asyncio.wait`), no observers' context is entered without "
+    "observers, the `Delivery` is built only for a handler that takes it, and a ledger "
+    "without I/O (`Store.in_process`) joins its sync handlers' thread hop instead of "
+    "adding a task: in process the ASGI app with an async handler fell from 64.7 to about "
+    "51 µs (from 39.1 to about 33 µs without a deadline). On Python 3.11 the deadline "
+    "still costs a task and a turn of the loop per delivery; from 3.12 a run that never "
+    "waits takes neither.",
     "6. Deferred mode: every answer is one enqueue, yet before this change an SQLite "
     "enqueue waited for a thread of asyncio's default executor (6 on 2 CPUs), all busy "
     "with the worker's handlers sleeping 1 s, so the answer's p99 was the handler's time. "
     "Handlers now run in the receiver's own threads (`run_threads`, up to 64), leaving "
     "the default executor to the ledger's calls, which also lets a worker run as many "
-    "sync handlers at once as its `concurrency`. What remains is one CPU shared by the "
-    "event loop, the ledger's calls and the worker's handlers. SQLite also checkpointed "
-    "its WAL in whichever commit crossed 1,000 pages, so every few hundred answers one "
-    "waited on the disk (p99 23 to 103 ms, max up to 536 ms in four interleaved rounds); "
-    "a background thread now checkpoints every second (p99 13.6 to 16.7 ms, max 38 to 91 "
-    "ms). The rest of SQLite's gap to memory is one write transaction per answer, taken "
-    "in a thread of the default executor while the worker's own writes queue for the "
-    "same lock.",
+    "sync handlers at once as its `concurrency`. SQLite also checkpointed its WAL in "
+    "whichever commit crossed 1,000 pages, so every few hundred answers one waited on the "
+    "disk (p99 23 to 103 ms, max up to 536 ms in four interleaved rounds); a background "
+    "thread now checkpoints every second (p99 13.6 to 16.7 ms, max 38 to 91 ms). Tried "
+    "and measured no p99 gain, so not kept: committing the event loop's enqueues in "
+    "groups from one writer thread (17.3 to 19.1 ms against 17.5 to 24.7 ms), and "
+    "running the server without the worker at all (17.8 to 20.7 ms): the tail is the "
+    "enqueue's own write on the one CPU the loop, its threads and the checkpoints share. "
+    "The sweep's query no longer reads the whole pending backlog (below).",
     "7. Ledger size and latency tails: the memory ledger keeps a done record as a tuple of "
     "plain values, which the garbage collector stops tracking, and its sweep and `stats()` "
     "walk only the unfinished records. At a million records a full collection fell from "
@@ -534,34 +545,6 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
                 + " | ".join("" if ms is None else f"{ms:.2f}" for ms in sweeps)
                 + " |"
             )
-    backlog = _get(results, "ledgers", "backlog")
-    if backlog:
-        out += [
-            "",
-            "The sweep's query against a backlog of pending records (deferred mode under a "
-            "burst; workers run it every poll), ms:",
-            "",
-            "| pending records | memory sweep ms | SQLite sweep ms |",
-            "|---|---|---|",
-        ]
-        for size in _numeric(backlog["memory"]):
-            out.append(
-                f"| {int(size):,} | {backlog['memory'][size]:.3f} | {backlog['sqlite'][size]:.3f} |"
-            )
-    backlog = _get(results, "ledgers", "backlog")
-    if backlog:
-        out += [
-            "",
-            "The sweep's query against a backlog of pending records (deferred mode under a "
-            "burst; workers run it every poll), ms:",
-            "",
-            "| pending records | memory sweep ms | SQLite sweep ms |",
-            "|---|---|---|",
-        ]
-        for size in _numeric(backlog["memory"]):
-            out.append(
-                f"| {int(size):,} | {backlog['memory'][size]:.3f} | {backlog['sqlite'][size]:.3f} |"
-            )
     network = _get(results, "ledgers", "network")
     if network:
         out += [
@@ -578,6 +561,20 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
                     f"{_fmt_us(e['claim_us'])} | {_fmt_us(e['bare_us'])} "
                     f"({e['bare']}) | {e['claim_in_round_trips']:.1f} |"
                 )
+    backlog = _get(results, "ledgers", "backlog")
+    if backlog:
+        out += [
+            "",
+            "The sweep's query against a backlog of pending records (deferred mode under a "
+            "burst; workers run it every poll), ms:",
+            "",
+            "| pending records | memory sweep ms | SQLite sweep ms |",
+            "|---|---|---|",
+        ]
+        for size in _numeric(backlog["memory"]):
+            out.append(
+                f"| {int(size):,} | {backlog['memory'][size]:.3f} | {backlog['sqlite'][size]:.3f} |"
+            )
     mem = _get(results, "ledgers", "memory")
     load = _get(results, "http", "memory_under_load")
     if mem or load:

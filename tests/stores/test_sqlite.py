@@ -286,3 +286,18 @@ def test_threads_writing_at_once_all_get_through_under_a_short_busy_timeout(
     with ThreadPoolExecutor(8) as pool:
         found = [s for batch in pool.map(claims, range(1, 321, 40)) for s in batch]
     assert found == [ClaimStatus.CLAIMED] * 320
+
+
+def test_the_background_checkpointer_never_creates_a_deleted_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_checkpointer", sqlite_store._Checkpointer(0.05))
+    folder = tmp_path / "gone"
+    store = SQLiteStore(str(folder / "ledger.sqlite3"))
+    _write(store, 0, 5)
+    store.close()
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    time.sleep(0.5)  # ten rounds of the thread
+    assert not folder.exists()

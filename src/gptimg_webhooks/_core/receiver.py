@@ -625,6 +625,12 @@ class Webhooks:
             if exc.key is not None and self._done(endpoint.namespace + exc.key):
                 # The signed body ran already: what its unsigned headers or its age say
                 # now changes nothing, and a refusal would count toward disabling us.
+                logger.info(
+                    "duplicate of %s: already done (this copy alone would be %s)",
+                    exc.key[:12],
+                    exc.code,
+                    extra={"key_prefix": exc.key[:12], "outcome": "duplicate"},
+                )
                 return DUPLICATE
             entry = getattr(exc, "entry", None)
             if entry is not None:  # keep the signed raw body for inspection
@@ -1140,8 +1146,7 @@ async def _telling(run: Awaitable[Response], ended: asyncio.Future[None]) -> Res
     try:
         return await run
     finally:
-        if not ended.done():
-            ended.set_result(None)
+        _end(ended)
 
 
 def _end(ended: asyncio.Future[None]) -> None:

@@ -53,14 +53,14 @@ class _Checkpointer:
         self.interval = interval
         #: Seconds without a write after which the thread closes a ledger's connection.
         self.idle = idle
-        #: Written since the last round: path -> how to connect to it.
-        self._written: dict[str, Callable[[], sqlite3.Connection]] = {}
+        #: The absolute paths of the ledgers written to since the last round.
+        self._written: set[str] = set()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def written(self, path: str, connect: Callable[[], sqlite3.Connection]) -> None:
-        """Note a commit to ``path``: cheap enough for every write."""
-        self._written[path] = connect
+    def written(self, path: str) -> None:
+        """Note a commit to the ledger at absolute ``path``: cheap enough for every write."""
+        self._written.add(path)
         if self._thread is None:
             self._start()
 
@@ -76,13 +76,13 @@ class _Checkpointer:
         open_: dict[str, tuple[sqlite3.Connection, float]] = {}
         while True:
             time.sleep(self.interval)
-            written, self._written = self._written, {}
+            written, self._written = self._written, set()
             now = time.monotonic()
-            for path, connect in written.items():
+            for path in written:
                 conn = open_[path][0] if path in open_ else None
                 try:
-                    if conn is None:
-                        conn = connect()
+                    if conn is None:  # never creating a ledger deleted meanwhile
+                        conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=rw", uri=True)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     open_[path] = (conn, now)
                 except sqlite3.Error as exc:  # gone or locked: the next write asks again
@@ -98,7 +98,7 @@ class _Checkpointer:
     def after_fork(self) -> None:
         # The thread did not survive the fork, and its connections are the parent's.
         self._thread = None
-        self._written = {}
+        self._written = set()
         self._lock = threading.Lock()
 
 
@@ -268,7 +268,7 @@ class SQLiteStore(Store):
                 conn.execute("COMMIT")
             finally:
                 lock.release()
-            _checkpointer.written(self.path, self._connect)
+            _checkpointer.written(self._file)
         except sqlite3.Error as exc:
             if not self.create and not os.path.exists(self.path):
                 raise StoreUnavailable(f"no ledger at {self.path!r}") from exc
