@@ -227,6 +227,16 @@ def _wal_frames(path: Path) -> int:
         conn.close()
 
 
+def _checkpointed_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: float
+) -> tuple[SQLiteStore, Path]:
+    """A ledger whose background checkpoints come every ``interval`` seconds."""
+    checkpointer = sqlite_store._Checkpointer(interval)
+    monkeypatch.setattr(sqlite_store, "_checkpointer", checkpointer)
+    path = tmp_path / "ledger.sqlite3"
+    return SQLiteStore(str(path)), path
+
+
 def _write(store: SQLiteStore, first: int, count: int) -> None:
     for n in range(first, first + count):
         claim = store.claim(entry(n), lease=LEASE)
@@ -237,9 +247,7 @@ def test_commits_leave_the_wal_to_the_background_checkpointer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # SQLite's default: the commit crossing 1,000 frames checkpoints, waiting on the disk.
-    monkeypatch.setattr(sqlite_store, "_checkpointer", sqlite_store._Checkpointer(3600))
-    path = tmp_path / "ledger.sqlite3"
-    store = SQLiteStore(str(path))
+    store, path = _checkpointed_ledger(tmp_path, monkeypatch, 3600)
     _write(store, 0, 600)
     assert _wal_frames(path) > 1000
     store.close()
@@ -248,9 +256,7 @@ def test_commits_leave_the_wal_to_the_background_checkpointer(
 def test_the_background_checkpointer_lets_the_wal_start_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_store, "_checkpointer", sqlite_store._Checkpointer(0.05))
-    path = tmp_path / "ledger.sqlite3"
-    store = SQLiteStore(str(path))
+    store, path = _checkpointed_ledger(tmp_path, monkeypatch, 0.05)
     _write(store, 0, 600)
     time.sleep(1.0)  # twenty rounds of the thread; the probe below checkpoints too, so once
     _write(store, 600, 1)  # the first write after a full checkpoint starts the WAL over

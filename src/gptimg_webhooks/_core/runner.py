@@ -142,9 +142,7 @@ def execute(
     handlers = hooks.routes(event.event)
     keeper = hooks.keeper
     phase = _OPEN
-    held = keeper.hold(key, token)
-    if also is not None:
-        keeper.hold(*also)
+    held = _hold(keeper, key, token, also)
     try:
         # A store without transactions: skip building and entering one per run.
         plain = type(store).transaction is _NO_TRANSACTION
@@ -180,10 +178,22 @@ def execute(
         hooks.report(exc, event, delivery_of(delivery))
         return Result("failed", exc)
     finally:
-        keeper.release(key, held)
-        if also is not None:
-            keeper.release(also[0], None, also[1])
+        _release(keeper, key, held, also)
     return _PROCESSED if handlers else _IGNORED
+
+
+def _hold(keeper: Keeper, key: str, token: str, also: tuple[str, str] | None) -> _Held:
+    """Renew the run's lease (and its gate's, ``also``) in the background while it runs."""
+    held = keeper.hold(key, token)
+    if also is not None:
+        keeper.hold(*also)
+    return held
+
+
+def _release(keeper: Keeper, key: str, held: _Held, also: tuple[str, str] | None) -> None:
+    keeper.release(key, held)
+    if also is not None:
+        keeper.release(also[0], None, also[1])
 
 
 def delivery_of(delivery: Delivery | Callable[[], Delivery]) -> Delivery:
@@ -221,9 +231,7 @@ async def aexecute(
         )
     phase = _OPEN
     keeper = hooks.keeper
-    held = keeper.hold(key, token)
-    if also is not None:
-        keeper.hold(*also)
+    held = _hold(keeper, key, token, also)
     try:
         plain = type(store).atransaction is _NO_ATRANSACTION
         async with _NULL if plain else store.atransaction() as tx:
@@ -262,9 +270,7 @@ async def aexecute(
         await hooks.run_threads.run(hooks.report, exc, event, delivery_of(delivery))
         return Result("failed", exc)
     finally:
-        keeper.release(key, held)
-        if also is not None:
-            keeper.release(also[0], None, also[1])
+        _release(keeper, key, held, also)
     return _PROCESSED if handlers else _IGNORED
 
 
