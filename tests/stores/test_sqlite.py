@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import sqlite3
@@ -307,3 +308,67 @@ def test_the_background_checkpointer_never_creates_a_deleted_ledger(
     folder.rmdir()
     time.sleep(0.5)  # ten rounds of the thread
     assert not folder.exists()
+
+
+def test_async_changes_are_applied_on_the_loop_when_nothing_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(str(tmp_path / "ledger.sqlite3"))
+    threads: set[int] = set()
+    apply = store.apply
+
+    def counted(change: Any) -> Any:
+        threads.add(threading.get_ident())
+        return apply(change)
+
+    store.apply = counted  # type: ignore[method-assign]
+
+    async def main() -> list[ClaimStatus]:
+        claim = await store.aclaim(entry(1), lease=LEASE)
+        assert await store.acomplete(entry(1).key, claim.token)
+        again = await store.aclaim(entry(1), lease=LEASE)  # the found row, read on the loop
+        return [claim.status, again.status]
+
+    assert asyncio.run(main()) == [ClaimStatus.CLAIMED, ClaimStatus.DONE]
+    assert not threads  # no thread was asked
+    record = store.get(entry(1).key)
+    assert record is not None and record.state is State.DONE
+    store.close()
+
+
+def test_async_change_waits_in_a_thread_while_another_connection_writes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    store = SQLiteStore(str(path), busy_timeout=5.0)
+    store.claim(entry(0), lease=LEASE)  # the file and its tables
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write, holding SQLite's lock
+
+    async def main() -> ClaimStatus:
+        pending = asyncio.ensure_future(store.aclaim(entry(1), lease=LEASE))
+        await asyncio.sleep(0.2)
+        assert not pending.done()  # waiting in a thread, the loop free meanwhile
+        other.execute("COMMIT")
+        return (await pending).status
+
+    assert asyncio.run(main()) is ClaimStatus.CLAIMED
+    other.close()
+    store.close()
+
+
+def test_async_change_goes_to_a_thread_while_this_process_writes(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "ledger.sqlite3"))
+    store.claim(entry(0), lease=LEASE)
+    lock = sqlite_store._write_locks[os.path.abspath(store.path)]
+
+    async def main() -> ClaimStatus:
+        lock.acquire()  # a writer thread of this process, mid-write
+        pending = asyncio.ensure_future(store.aclaim(entry(1), lease=LEASE))
+        await asyncio.sleep(0.1)
+        assert not pending.done()
+        lock.release()
+        return (await pending).status
+
+    assert asyncio.run(main()) is ClaimStatus.CLAIMED
+    store.close()

@@ -348,6 +348,9 @@ class Store(ABC):
     async_transactions: bool = False
     #: True when the ``a*`` methods never wait on a thread (native async, or no I/O).
     native_async: bool = False
+    #: True when :meth:`aapply` applies on the event loop whenever that waits for nothing
+    #: and only otherwise in a thread (SQLite's): deferred mode enqueues through it.
+    loop_first: bool = False
     #: True when every call is answered in this process without I/O (the memory ledger):
     #: the receiver may make it from whichever thread it is in at no cost.
     in_process: bool = False

@@ -771,11 +771,7 @@ class Webhooks:
     async def _ahandle_verified(self, verified: Verified, started: float) -> Response:
         store = self.store
         routes = self.routes(verified.event.event)
-        if not any(h.is_async for h in routes) and (
-            not store.native_async or (store.in_process and routes and not self.deferred)
-        ):
-            # A blocking ledger and sync handlers: the rest costs one thread hop. A ledger
-            # without I/O joins the hop its sync handlers take anyway: one hop, no task.
+        if not any(h.is_async for h in routes) and self._one_hop(routes):
             if self.reply_deadline is None:
                 return await self.run_threads.run(self._pooled, verified, None)
             handoff = _Handoff()
@@ -806,6 +802,16 @@ class Webhooks:
             return await _awithin(task, handoff, started, self.reply_deadline, self, ended)
         except Exception as exc:
             return _internal(verified.delivery_id, exc)
+
+    def _one_hop(self, routes: tuple[HandlerSpec, ...]) -> bool:
+        """Tell whether a delivery with sync handlers only goes to a thread in one hop."""
+        store = self.store
+        if self.deferred:  # the request only enqueues: on the loop if the store can
+            return not (store.native_async or store.loop_first)
+        if store.native_async:
+            # A ledger without I/O joins the hop its sync handlers take anyway: no task.
+            return store.in_process and bool(routes)
+        return True  # a blocking ledger and sync handlers: the rest costs one thread hop
 
     async def _arun_and_settle(
         self,
