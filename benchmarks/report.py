@@ -342,6 +342,15 @@ def _updates(meta: dict[str, Any]) -> list[str]:
     return out
 
 
+def _in_process_rank(item: tuple[str, Any]) -> int:
+    """The library's rows first, then the floor, the peers and the bare hash (JSON sorts)."""
+    name = item[0]
+    for rank, start in enumerate(("library", "hand-written")):
+        if name.startswith(start):
+            return rank
+    return 3 if name.startswith("SHA-256") else 2
+
+
 def _numeric(table: dict[str, Any]) -> list[str]:
     """The keys of ``table`` that are numbers, in numeric order (JSON sorts them as text)."""
     return sorted((k for k in table if k.isdigit()), key=int)
@@ -373,10 +382,13 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
         "",
         "## Targets",
         "",
-        "| target | figure | verdict |",
-        "|---|---|---|",
+        "| target | figure | verdict | reproduced by |",
+        "|---|---|---|---|",
     ]
-    out += [f"| {r['target']} | {r['figure']} | {r['verdict']} |" for r in results["targets"]]
+    out += [
+        f"| {r['target']} | {r['figure']} | {r['verdict']} | `{r['command']}` |"
+        for r in results["targets"]
+    ]
     if any(r["verdict"] == "MISSED" for r in results["targets"]):
         out += ["", *GAPS]
     head = _get(results, "micro", "headline")
@@ -394,7 +406,7 @@ def _markdown(results: dict[str, Any], images: list[str], old: dict[str, Any] | 
             "| path | µs per delivery | x hand-written (paired) |",
             "|---|---|---|",
         ]
-        for name, entry in head.items():
+        for name, entry in sorted(head.items(), key=_in_process_rank):
             out.append(
                 f"| {name} | {_fmt_us(entry['us'])} | {entry['vs hand-written']['median']:.2f} |"
             )
