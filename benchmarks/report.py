@@ -296,10 +296,11 @@ GAPS = [
     "loop fewer than `asyncio.wait`), no observers' context is entered without "
     "observers, the `Delivery` is built only for a handler that takes it, and a ledger "
     "without I/O (`Store.in_process`) joins its sync handlers' thread hop instead of "
-    "adding a task: in process the ASGI app with an async handler fell from 64.7 to about "
-    "51 µs (from 39.1 to about 33 µs without a deadline). On Python 3.11 the deadline "
-    "still costs a task and a turn of the loop per delivery; from 3.12 a run that never "
-    "waits takes neither.",
+    "adding a task: in process the ASGI app with an async handler fell from 64.7 to 55.9 "
+    "µs (from 39.1 to 36.3 µs without a deadline) between two full runs on a quiet host "
+    "(13:35 and 14:07 UTC), and over HTTP from 0.79x to 0.86x its twin. On Python 3.11 "
+    "the deadline still costs a task and a turn of the loop per delivery; from 3.12 a run "
+    "that never waits takes neither.",
     "6. Deferred mode: every answer is one enqueue, yet before this change an SQLite "
     "enqueue waited for a thread of asyncio's default executor (6 on 2 CPUs), all busy "
     "with the worker's handlers sleeping 1 s, so the answer's p99 was the handler's time. "
