@@ -314,28 +314,20 @@ def decode(limits: Limits, signed: Signed, now: float) -> Verified:
     set, so the raw body can be kept as a failed record. Every rejection raised here
     carries ``exc.key``, the body's ledger key.
     """
-    key, delivery_id, event_header, body = (
-        signed.key,
-        signed.delivery_id,
-        signed.event_name,
-        signed.body,
-    )
+    delivery_id, event_header, match, key, body = signed
     try:
         event = parse_event_json(body, event_header)
-    except InvalidPayload as exc:
-        exc.key = key
-        exc.entry = Entry(key, delivery_id, event_header, None, body)
-        raise
-    try:
         if event.event != event_header:
             raise EventMismatch("X-Gptimg-Event disagrees with the signed body")
         _check_age(limits, event, now)
     except RequestRejected as exc:
         exc.key = key
+        if isinstance(exc, InvalidPayload):
+            exc.entry = Entry(key, delivery_id, event_header, None, body)
         raise
     generation_id = getattr(getattr(event, "data", None), "generation_id", None)
     return Verified(
-        delivery_id, event, signed.match, Entry(key, delivery_id, event.event, generation_id, body)
+        delivery_id, event, match, Entry(key, delivery_id, event.event, generation_id, body)
     )
 
 

@@ -646,8 +646,6 @@ class Webhooks:
         return error_response(exc)
 
     def _done(self, key: str) -> bool:
-        if self.store.known_done(key):
-            return True
         record = self.store.get(key)
         return record is not None and record.state is State.DONE
 

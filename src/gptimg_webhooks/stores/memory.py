@@ -338,7 +338,7 @@ class MemoryStore(Store):
         # One dict read, atomic under the GIL: no lock, and a stale miss only means the
         # claim answers instead.
         value = self._rows.get(key)
-        return value is not None and (isinstance(value, tuple) or value.state is State.DONE)
+        return value is not None and _state(value) is State.DONE
 
     def records(self, state: State | None = None, limit: int = 100) -> Sequence[Record]:
         with self._lock:

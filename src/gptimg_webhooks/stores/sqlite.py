@@ -120,6 +120,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """Run the block in one write transaction on ``conn``: committed, or rolled back."""
+    if conn.in_transaction:  # a ROLLBACK that failed earlier left one open
+        conn.rollback()
+    # IMMEDIATE: take the write lock first, so reads inside see what the write acts on.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
     """Switch ``conn``'s database file to WAL mode, waiting up to ``timeout`` seconds.
 
@@ -271,23 +286,14 @@ class SQLiteStore(Store):
             if not write:
                 yield conn
                 return
-            if conn.in_transaction:  # a ROLLBACK that failed earlier left one open
-                conn.rollback()
             lock = self._write_lock()
             if not lock.acquire(timeout=self.busy_timeout):
                 raise StoreUnavailable(
                     f"SQLite ledger {self.path!r}: writers stuck in this process"
                 )
             try:
-                # IMMEDIATE: take the write lock first, so reads inside see what the write
-                # acts on.
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
             finally:
                 lock.release()
             _checkpointer.written(self._file)
@@ -338,15 +344,8 @@ class SQLiteStore(Store):
             return None
         try:
             conn = self._quick()
-            if conn.in_transaction:  # a ROLLBACK that failed earlier left one open
-                conn.rollback()
-            conn.execute("BEGIN IMMEDIATE")  # busy at once if another process writes
-            try:
+            with _transaction(conn):  # busy at once if another process writes
                 applied = self._apply_in(conn, change)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error:
             return None  # locked by another process, or anything else: the thread decides
         finally:
