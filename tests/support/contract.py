@@ -91,6 +91,11 @@ def check_contract(base: str, secret: str, path: str = "/hooks/gptimg") -> list[
         expect("duplicate same id", client.post(url, content=body, headers=h), 200)
         replay = {**h, "X-Gptimg-Delivery": str(uuid.uuid4())}
         expect("duplicate forged fresh id", client.post(url, content=body, headers=replay), 200)
+        # The body ran: its unsigned event header no longer matters (not event_mismatch).
+        relabelled = {**h, "X-Gptimg-Event": "generation.failed"}
+        response = client.post(url, content=body, headers=relabelled)
+        expect("duplicate with another event header", response, 200)
+        assert response.json()["status"] == "duplicate", response.text
 
         slow = payload(f"gen_slow_{tag}")
 
