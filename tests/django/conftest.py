@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from django.db import connections
 
 from gptimg_webhooks import Webhooks, shared_registry, sign
 from gptimg_webhooks.django import conf
+from gptimg_webhooks.django.store import DjangoStore
 from tests.support.contract import payload
 from tests.support.services import ensure_postgres
 
@@ -54,6 +56,34 @@ def hooks() -> Iterator[Webhooks]:
     conf.reset()
     yield conf.receiver()
     conf.reset()
+
+
+def _ledger_keepers() -> set[int]:
+    """Return the ids of live receivers on the ORM ledger whose keeper thread runs."""
+    found = set()
+    for thread in threading.enumerate():
+        if thread.name != "gptimg-webhooks-keeper":
+            continue
+        keeper = thread._args[0]()  # type: ignore[attr-defined]  # its weakref
+        hooks = keeper and keeper._hooks()
+        if hooks is not None and isinstance(hooks.store, DjangoStore):
+            found.add(id(hooks))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_ledger_receiver_outlives_its_test() -> Iterator[None]:
+    """Fail a test that leaves a receiver on the ORM ledger running.
+
+    Its keeper would sweep during later tests, where pytest-django blocks the database,
+    and log the refusal into whatever those tests capture.
+    """
+    before = _ledger_keepers()
+    yield
+    if _ledger_keepers() - before:
+        gc.collect()  # only when needed: a full collection per test costs seconds in all
+        left = _ledger_keepers() - before
+        assert not left, "close() the receivers this test built on the ORM ledger"
 
 
 @pytest.fixture

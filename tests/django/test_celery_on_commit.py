@@ -24,15 +24,18 @@ def test_a_pointer_sent_inside_a_transaction_waits_for_its_commit() -> None:
     hooks = Webhooks(
         SECRET, store="django://", mode="deferred", dispatcher=dispatcher, include_shared=False
     )
-    seen: list[str] = []
-    hooks.on("generation.succeeded")(lambda event: seen.append(event.data.generation_id))
-    hooks.dispatcher = None  # record first, without a pointer
-    delivery = signed(events.succeeded(), SECRET)
-    assert hooks.handle("POST", delivery.headers, delivery.body).json["status"] == "queued"
-    hooks.dispatcher = dispatcher
-    key = hooks.store.records()[0].key
+    try:
+        seen: list[str] = []
+        hooks.on("generation.succeeded")(lambda event: seen.append(event.data.generation_id))
+        hooks.dispatcher = None  # record first, without a pointer
+        delivery = signed(events.succeeded(), SECRET)
+        assert hooks.handle("POST", delivery.headers, delivery.body).json["status"] == "queued"
+        hooks.dispatcher = dispatcher
+        key = hooks.store.records()[0].key
 
-    with transaction.atomic():
-        dispatcher.dispatch(key)
-        assert seen == []  # not sent while the transaction is open
-    assert seen == [delivery.sample.generation_id]  # type: ignore[union-attr]
+        with transaction.atomic():
+            dispatcher.dispatch(key)
+            assert seen == []  # not sent while the transaction is open
+        assert seen == [delivery.sample.generation_id]  # type: ignore[union-attr]
+    finally:
+        hooks.close()  # the Celery app outlives the test and holds the receiver
