@@ -1169,6 +1169,13 @@ async def _awithin(
     """Async twin of :func:`_within`; ``ended``: set by the run as it ends (see _telling)."""
     if future.done():  # it never waited (see _start): no wait, no turn of the loop
         return future.result()
+    if ended is not None:
+        # A task started lazily (before 3.12) takes its first step in the loop's next
+        # turn. Yielding bare puts this request right behind it in that same turn, so a
+        # run that never waits is answered without a timer or a second turn.
+        await asyncio.sleep(0)
+        if future.done():
+            return future.result()
     remaining = max(0.0, deadline - (time.monotonic() - started))
     if ended is None:
         # asyncio.wait never cancels the run (no shield needed) and costs one timer,
