@@ -101,6 +101,28 @@ def test_async_slow_handler_is_answered_202_and_finishes_on_the_loop() -> None:
     hooks.close()
 
 
+def test_sync_slow_handler_under_asgi_finishes_after_its_event_loop_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    hooks = hooks_on(store, reply_deadline=0.2)
+
+    @hooks.on("generation.succeeded")
+    def slow(event: Event) -> None:
+        time.sleep(0.5)
+
+    body = payload("gen_deadline_sync_asgi")
+    with caplog.at_level(logging.WARNING):
+        answer = asyncio.run(hooks.handle_async("POST", request(body), body))
+        assert (answer.status, answer.json["status"]) == (202, "processing")
+        # The run ends in its thread after the loop that waited for it closed: it still
+        # lands, and telling the closed loop is no error.
+        wait_until(lambda: store.records()[0].state is State.DONE)
+        time.sleep(0.05)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    hooks.close()
+
+
 def test_handler_failing_after_the_deadline_is_handed_to_runners_not_counted() -> None:
     store = MemoryStore()
     hooks = hooks_on(store, reply_deadline=0.2, failure_threshold=1)
@@ -129,6 +151,22 @@ def test_a_delivery_not_yet_recorded_at_the_deadline_is_never_answered_2xx() -> 
 
     hooks = hooks_on(SlowClaims(), reply_deadline=0.2)
     assert post(hooks, payload("gen_jammed")) == (503, "store_unavailable")
+    hooks.close()
+
+
+def test_a_delivery_not_yet_recorded_at_the_deadline_is_never_answered_2xx_under_asgi() -> None:
+    class SlowClaims(MemoryStore):
+        def apply(self, change: Change) -> Applied:
+            if change.transition.name == "claim":
+                time.sleep(0.5)
+                raise StoreUnavailable("jammed")
+            return super().apply(change)
+
+    hooks = hooks_on(SlowClaims(), reply_deadline=0.2)
+    hooks.on("generation.succeeded")(lambda event: None)  # sync: claimed in its thread
+    body = payload("gen_jammed_asgi")
+    answer = asyncio.run(hooks.handle_async("POST", request(body), body))
+    assert (answer.status, answer.json["error"]) == (503, "store_unavailable")
     hooks.close()
 
 

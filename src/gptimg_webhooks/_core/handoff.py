@@ -29,7 +29,7 @@ import weakref
 from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable
-from functools import cache, partial
+from functools import cache
 from typing import Any, Generic, TypeVar
 
 __all__ = ["Pending", "Runners", "Threads"]
@@ -384,11 +384,10 @@ class Threads:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # loops in several threads may start it together
 
-    def submit(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Start ``func(*args)`` in one of the threads; return an awaitable future."""
+    def submit(self, func: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        """Start ``func(*args)`` in one of the threads, in a copy of this context."""
         executor = self._executor or self._start()
-        call = partial(contextvars.copy_context().run, func, *args)
-        return asyncio.get_running_loop().run_in_executor(executor, call)
+        return executor.submit(contextvars.copy_context().run, func, *args)
 
     def _start(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:
@@ -400,7 +399,7 @@ class Threads:
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         """Run ``func(*args)`` in one of the threads and return its result."""
-        return await self.submit(func, *args)
+        return await asyncio.wrap_future(self.submit(func, *args))
 
     def close(self) -> None:
         """Let the threads end once their calls have run."""

@@ -17,7 +17,7 @@ import re
 import time
 from _thread import allocate_lock
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import timedelta
 from functools import partial
@@ -773,8 +773,9 @@ class Webhooks:
             if self.reply_deadline is None:
                 return await self.run_threads.run(self._pooled, verified, None)
             handoff = _Handoff()
-            future = self.run_threads.submit(self._pooled, verified, handoff)
-            return await _awithin(future, handoff, started, self.reply_deadline, self)
+            call = self.run_threads.submit(self._pooled, verified, handoff)
+            ended = _ending(call)
+            return await _awithin(call, handoff, started, self.reply_deadline, self, ended)
         try:
             try:
                 if self.deferred:
@@ -1158,47 +1159,63 @@ def _end(ended: asyncio.Future[None]) -> None:
         ended.set_result(None)
 
 
+def _ending(call: concurrent.futures.Future[Response]) -> asyncio.Future[None]:
+    """Return a future of this loop that ``call``'s thread sets as the call ends.
+
+    Awaited directly, it wakes the request one turn of the loop sooner than waiting for
+    an asyncio wrapper of ``call`` (``asyncio.wait``, ``wrap_future``).
+    """
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+
+    def tell(_: object) -> None:
+        with suppress(RuntimeError):  # the loop closed: nobody waits for this run any more
+            loop.call_soon_threadsafe(_end, ended)
+
+    call.add_done_callback(tell)
+    return ended
+
+
 async def _awithin(
-    future: asyncio.Future[Response],
+    run: asyncio.Task[Response] | concurrent.futures.Future[Response],
     handoff: _Handoff,
     started: float,
     deadline: float,
     hooks: Webhooks,
-    ended: asyncio.Future[None] | None = None,
+    ended: asyncio.Future[None],
 ) -> Response:
-    """Async twin of :func:`_within`; ``ended``: set by the run as it ends (see _telling)."""
-    if future.done():  # it never waited (see _start): no wait, no turn of the loop
-        return future.result()
-    if ended is not None:
+    """Async twin of :func:`_within`: ``ended`` is set by the run itself as it ends.
+
+    The run wakes the request at its end (see :func:`_telling`, :func:`_ending`): one
+    turn of the loop fewer than waiting for its done callbacks, which run a turn later.
+    """
+    if run.done():  # it never waited (see _start): no wait, no turn of the loop
+        return run.result()
+    task = run if isinstance(run, asyncio.Task) else None
+    if task is not None:
         # A task started lazily (before 3.12) takes its first step in the loop's next
         # turn. Yielding bare puts this request right behind it in that same turn, so a
         # run that never waits is answered without a timer or a second turn.
         await asyncio.sleep(0)
-        if future.done():
-            return future.result()
+        if task.done():
+            return task.result()
     remaining = max(0.0, deadline - (time.monotonic() - started))
-    if ended is None:
-        # asyncio.wait never cancels the run (no shield needed) and costs one timer,
-        # where wait_for(shield()) costs two more futures per request.
-        await asyncio.wait((future,), timeout=remaining)
-    else:
-        # The run wakes the request itself: one turn of the loop fewer than waiting for
-        # the task's done callbacks, which run a turn after the task ends.
-        timer = asyncio.get_running_loop().call_later(remaining, _end, ended)
-        try:
-            await ended
-        finally:
-            timer.cancel()
-    if future.done():
-        return future.result()
+    timer = asyncio.get_running_loop().call_later(remaining, _end, ended)
+    try:
+        await ended
+    finally:
+        timer.cancel()
+    if run.done():
+        return run.result()
     if handoff.detach():
-        if isinstance(future, asyncio.Task):
+        if task is not None:
             # Keep a reference: the loop holds tasks only weakly.
-            hooks._background.add(future)
-            future.add_done_callback(hooks._background.discard)
+            hooks._background.add(task)
+            task.add_done_callback(hooks._background.discard)
         _log_detached(handoff.delivery)
         return RUNNING
-    return await future
+    # Not recorded yet: never answer 2xx for what may be lost.
+    return await (task if task is not None else asyncio.wrap_future(run))
 
 
 #: Python 3.12+: a run's task takes its first step at once, in its own context and as
