@@ -307,7 +307,7 @@ GAPS = [
     "handler that takes it, and a ledger without I/O (`Store.in_process`) joins its sync "
     "handlers' thread hop instead of adding a task. With an async handler the deadline "
     "still costs a task and a turn of the loop on Python 3.11 (the default row against "
-    "`reply_deadline=None` in \"The ASGI app in process\"); from 3.12 a run that never "
+    '`reply_deadline=None` in "The ASGI app in process"); from 3.12 a run that never '
     "waits takes neither (the same pair under 3.12.1: 31.7 µs, 1.77x the twin). The rest "
     "is the core's own work (item 2).",
     "6. Deferred mode: every answer is one enqueue, yet before this change an SQLite "
