@@ -234,44 +234,46 @@ class SQLiteStore(Store):
         return sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None, uri=uri)
 
     def _conn(self) -> sqlite3.Connection:
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.conn_pid == os.getpid():
-            return conn
-        # New thread, or a forked child: never share a connection across a fork.
-        conn = self._connect()
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            enable_wal(conn, self.busy_timeout)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
-            if self.create:
-                for statement in _sql.ddl(_SQL):
-                    conn.execute(statement)
-            # Even without create: an upgrade is no creation, and reads need the columns.
-            _upgrade_schema(conn)
-        except BaseException:
-            conn.close()
-            raise
-        local.conn, local.conn_pid = conn, os.getpid()
-        return conn
+        """This thread's connection: it waits on a busy ledger, and sets the ledger up."""
+        return self._opened("conn", self._configure)
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        enable_wal(conn, self.busy_timeout)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+        if self.create:
+            for statement in _sql.ddl(_SQL):
+                conn.execute(statement)
+        # Even without create: an upgrade is no creation, and reads need the columns.
+        _upgrade_schema(conn)
 
     def _quick(self) -> sqlite3.Connection:
         """This thread's connection that never waits: no busy wait, no checkpoint."""
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "quick", None)
-        if conn is not None and local.quick_pid == os.getpid():
-            return conn
+        return self._opened("quick", self._configure_quick)
+
+    def _configure_quick(self, conn: sqlite3.Connection) -> None:
         self._conn()  # the file, its WAL mode and its tables
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def _opened(
+        self, name: str, configure: Callable[[sqlite3.Connection], None]
+    ) -> sqlite3.Connection:
+        """Return this thread's connection ``name``, opened and configured on first use."""
+        held: tuple[sqlite3.Connection, int] | None = getattr(self._local, name, None)
+        pid = os.getpid()
+        if held is not None and held[1] == pid:
+            return held[0]
+        # New thread, or a forked child: never share a connection across a fork.
         conn = self._connect()
         try:
-            conn.execute("PRAGMA busy_timeout = 0")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            configure(conn)
         except BaseException:
             conn.close()
             raise
-        local.quick, local.quick_pid = conn, os.getpid()
+        setattr(self._local, name, (conn, pid))
         return conn
 
     def _write_lock(self) -> threading.Lock:
@@ -391,9 +393,8 @@ class SQLiteStore(Store):
         return _sql.bumped(value, by, limit)
 
     def close(self) -> None:
-        local = self._local
         for name in ("conn", "quick"):
-            conn = getattr(local, name, None)
-            if conn is not None and getattr(local, f"{name}_pid") == os.getpid():
-                conn.close()
-            setattr(local, name, None)
+            held = getattr(self._local, name, None)
+            if held is not None and held[1] == os.getpid():
+                held[0].close()
+            setattr(self._local, name, None)
