@@ -182,7 +182,14 @@ def _outage_run(backend: Backend, stop: object, start: object) -> None:
     assert during, "no delivery was sent while the store was down"
     assert {a.status for a in during} == {503}
     assert all(a.answered - a.sent < 4.5 for a in answers)  # inside the provider's 5 s
-    assert {a.status for a in answers} <= {202, 503}
+    assert {a.status for a in answers} <= {200, 202, 503}
+    # A 503 whose enqueue committed as the store went away is ambiguous to the sender;
+    # its retry then finds the record, done by then: 200 duplicate, and only then.
+    for late in (a for a in answers if a.status == 200):
+        assert any(
+            a.generation_id == late.generation_id and a.status == 503 and a.sent < late.sent
+            for a in answers
+        ), late
     assert report.given_up == []  # type: ignore[attr-defined]
     effects = backend.effects()
     assert effects == {g: 1 for g in ids}  # each event ran once, nothing lost
