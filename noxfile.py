@@ -50,6 +50,7 @@ EXTRAS = ".[starlette,flask,django,redis,postgres,cli,fastapi,client,prometheus,
 TEST_DEPS = [
     "pytest>=8",
     "pytest-django>=4.8",
+    "pytest-timeout>=2.3",
     "hypothesis>=6.100",
     "anyio>=4",
     "httpx>=0.27",

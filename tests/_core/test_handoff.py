@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import multiprocessing
 import os
 import threading
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from gptimg_webhooks._core import handoff
 from gptimg_webhooks._core.handoff import Runners, Threads
+from tests.support import forked
 from tests.support.concurrency import Peak
 
 
@@ -206,10 +206,8 @@ def test_threads_cap_how_many_calls_run_at_once() -> None:
 def test_threads_start_afresh_in_a_forked_child() -> None:
     threads = Threads(2, "test-threads")
     assert asyncio.run(threads.run(os.getpid)) == os.getpid()  # started in the parent
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    child = ctx.Process(target=lambda: out.put(asyncio.run(threads.run(os.getpid))))
-    child.start()
-    child.join(20)
-    assert child.exitcode == 0 and out.get(timeout=5) == child.pid
+    [(pid, ran_in)] = forked.in_children(
+        [lambda: (os.getpid(), asyncio.run(threads.run(os.getpid)))]
+    )
+    assert ran_in == pid != os.getpid()
     threads.close()

@@ -29,7 +29,6 @@ fixture that writes a table through ``delivery.transaction``), and
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import secrets
 import threading
@@ -43,6 +42,7 @@ import pytest
 
 from gptimg_webhooks._core.errors import TransactionAborted
 from gptimg_webhooks._core.ledger import ClaimStatus, Entry, State, Store
+from tests.support import forked
 
 LEASE = 60.0
 #: A lease short enough to wait out in a test.
@@ -123,28 +123,17 @@ def race_claims(
                     results[key].append(status)
         return results
 
-    ctx = multiprocessing.get_context("fork")
-    pbarrier = ctx.Barrier(workers)
-    queue = ctx.SimpleQueue()
+    pbarrier = forked.context.Barrier(workers)
 
-    def child() -> None:
+    def child() -> list[tuple[str, str]]:
         store = reopen()
         try:
-            queue.put(("ok", [(k, s.value) for k, s in _claim_rounds(store, names, pbarrier)]))
-        except BaseException as exc:
-            queue.put(("error", repr(exc)))
+            return [(k, s.value) for k, s in _claim_rounds(store, names, pbarrier)]
         finally:
             store.close()
 
-    procs = [ctx.Process(target=child) for _ in range(workers)]
-    for p in procs:
-        p.start()
-    outcomes = [queue.get() for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-    for kind, payload in outcomes:
-        assert kind == "ok", payload
-        for key, status in payload:
+    for outcome in forked.in_children([child] * workers):
+        for key, status in outcome:
             results[key].append(ClaimStatus(status))
     return results
 
@@ -686,10 +675,9 @@ class MultiProcessConformance:
     ) -> None:
         for n in range(60):
             store.enqueue(entry(n))
-        ctx = multiprocessing.get_context("fork")
-        barrier, queue = ctx.Barrier(3), ctx.SimpleQueue()
+        barrier = forked.context.Barrier(3)
 
-        def worker() -> None:
+        def worker() -> list[str]:
             mine: list[str] = []
             other = reopen()
             try:
@@ -699,19 +687,11 @@ class MultiProcessConformance:
                     if not batch and not other.due(4):
                         break
                     mine += [r.key for r, _ in batch]
-                queue.put(mine)
-            except BaseException as exc:
-                queue.put(repr(exc))
+                return mine
             finally:
                 other.close()
 
-        procs = [ctx.Process(target=worker) for _ in range(3)]
-        for p in procs:
-            p.start()
-        got = [queue.get() for _ in procs]
-        for p in procs:
-            p.join(timeout=30)
-        assert all(isinstance(keys, list) for keys in got), got
+        got = forked.in_children([worker] * 3)
         assert sorted(k for keys in got for k in keys) == sorted(entry(n).key for n in range(60))
 
     @pytest.mark.slow
@@ -719,29 +699,23 @@ class MultiProcessConformance:
         self, store: Store, reopen: Reopen
     ) -> None:
         claim = store.claim(entry(1), lease=SHORT)
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.SimpleQueue()
 
-        def rival() -> None:
+        def rival() -> list[str]:
             other = reopen()
             try:
                 seen = []
                 for _ in range(4):
                     time.sleep(SHORT / 2)
                     seen.append(other.claim(entry(1), lease=LEASE).status.value)
-                queue.put(seen)
-            except BaseException as exc:
-                queue.put(repr(exc))
+                return seen
             finally:
                 other.close()
 
-        proc = ctx.Process(target=rival)
-        proc.start()
+        child = forked.Children([rival])
         for _ in range(8):
             time.sleep(SHORT / 4)
             assert store.renew(entry(1).key, claim.token, lease=SHORT)
-        seen = queue.get()
-        proc.join(timeout=30)
+        [seen] = child.results()
         assert seen == ["in_progress"] * 4
         assert store.complete(entry(1).key, claim.token)
 
@@ -750,21 +724,12 @@ class MultiProcessConformance:
         self, store: Store, reopen: Reopen
     ) -> None:
         claim = store.claim(entry(1), lease=LEASE)  # the parent's connections are live
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.SimpleQueue()
 
-        def child() -> None:
-            try:
-                done = store.complete(entry(1).key, claim.token)
-                again = store.claim(entry(2), lease=LEASE).status.value
-                queue.put((done, again))
-            except BaseException as exc:
-                queue.put(("error", repr(exc)))
+        def child() -> tuple[bool, str]:
+            done = store.complete(entry(1).key, claim.token)
+            return done, store.claim(entry(2), lease=LEASE).status.value
 
-        proc = ctx.Process(target=child)
-        proc.start()
-        result = queue.get()
-        proc.join(timeout=30)
+        [result] = forked.in_children([child])
         assert result == (True, "claimed")
         # The parent's own connections survived the child's exit.
         assert store.claim(entry(1), lease=LEASE).status is ClaimStatus.DONE

@@ -80,21 +80,30 @@ class _Checkpointer:
             written, self._written = self._written, set()
             now = time.monotonic()
             for path in written:
-                conn = open_[path][0] if path in open_ else None
-                try:
-                    if conn is None:  # never creating a ledger deleted meanwhile
-                        conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=rw", uri=True)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    open_[path] = (conn, now)
-                except sqlite3.Error as exc:  # gone or locked: the next write asks again
-                    logger.debug("could not checkpoint %r: %s", path, exc)
+                with _in_sqlite:
+                    conn = self._checkpoint(path, open_[path][0] if path in open_ else None)
+                if conn is None:
                     open_.pop(path, None)
-                    if conn is not None:
-                        conn.close()
+                else:
+                    open_[path] = (conn, now)
             for path, (conn, last) in list(open_.items()):
                 if now - last > self.idle:
                     del open_[path]
-                    conn.close()
+                    with _in_sqlite:
+                        conn.close()
+
+    def _checkpoint(self, path: str, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """Checkpoint the ledger at ``path``; return the connection to keep, if any."""
+        try:
+            if conn is None:  # never creating a ledger deleted meanwhile
+                conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=rw", uri=True)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # gone or locked: the next write asks again
+            logger.debug("could not checkpoint %r: %s", path, exc)
+            if conn is not None:
+                conn.close()
+            return None
+        return conn
 
     def after_fork(self) -> None:
         # The thread did not survive the fork, and its connections are the parent's.
@@ -105,6 +114,11 @@ class _Checkpointer:
 
 _checkpointer = _Checkpointer()
 
+#: Held by a checkpointer's thread while it is inside SQLite, and by a fork: a child
+#: forked mid-call would inherit SQLite's mutexes locked, and hang on its first
+#: connection (gunicorn's workers, Celery's, a test's processes).
+_in_sqlite = threading.Lock()
+
 #: One lock per ledger file in this process. Its writers queue on it and the next one
 #: goes the moment it is free; on SQLite's own lock they would sleep in its busy handler
 #: (1, 2, 5, 10 ms... between tries), which made the tail of every write.
@@ -112,12 +126,15 @@ _write_locks: dict[str, threading.Lock] = {}
 
 
 def _after_fork() -> None:
+    _in_sqlite.release()  # taken before the fork by the thread that is now the child's
     _checkpointer.after_fork()
     _write_locks.clear()  # one may have been held by a thread the child does not have
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+    os.register_at_fork(
+        before=_in_sqlite.acquire, after_in_parent=_in_sqlite.release, after_in_child=_after_fork
+    )
 
 
 @contextmanager
